@@ -1,0 +1,79 @@
+"""Atomic publication of files and directories.
+
+Every stage writes to a temporary sibling and renames it into place only when it is
+complete, so a killed or failed stage never leaves a half-written output that DVC
+could cache or a later stage could read.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``target`` on success.
+
+    On any exception the temporary directory is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists() or target.is_symlink():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    ``suffix`` keeps the file extension (soundfile picks the format from it).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = target.suffix if suffix is None else suffix
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as sorted, indented JSON atomically (stable bytes for git and DVC)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> None:
+    """Delete leftovers of a killed run (``.name.tmp-*`` and ``.name.old-*`` siblings)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
+            _remove(child)
