@@ -1,4 +1,59 @@
-"""Data sources: real downloads (LibriSpeech, WHAM!, measured responses) and embedded generators.
+"""Data sources: each prepares one corpus part (speech, noise, responses) in the layout of
+:mod:`kboost.sources.layout`, from real downloads or from the embedded generators."""
+from __future__ import annotations
 
-All of them write the layout described in :mod:`kboost.sources.layout`.
-"""
+import logging
+from pathlib import Path
+
+from ..fsutil import atomic_dir, remove_stale_temporaries
+from ..params import active_profile
+
+log = logging.getLogger(__name__)
+PARTS = ("speech", "noise", "responses")
+
+
+def embedded_config(part: str, params: dict) -> dict:
+    """The embedded generator's cfg: style knobs from ``embedded.<x>``, sizes from the profile."""
+    scale = active_profile(params)["data"]["embedded"]
+    if part == "speech":
+        return {**params["embedded"]["speech"], "speakers": scale["speakers"],
+                "utterances_per_speaker": scale["utterances_per_speaker"]}
+    if part == "noise":
+        return {**params["embedded"]["noise"], "clips": scale["noise_clips"]}
+    return {**params["embedded"]["rooms"], "rooms": scale["rooms"],
+            "directions_per_room": scale["directions_per_room"],
+            "anechoic_directions": scale["anechoic_directions"]}
+
+
+def prepare_part(part: str, params: dict, out_dir: str | Path) -> str:
+    """Build corpus part ``part`` into ``out_dir`` (published atomically); return the source used."""
+    if part not in PARTS:
+        raise ValueError(f"unknown corpus part {part!r}; allowed: {', '.join(PARTS)}")
+    out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir.parent)
+    pdata = active_profile(params)["data"]
+    source = pdata["sources"][part]
+    workers = pdata["workers"]
+    seed = params["seed"]
+    downloads = Path(params["real"]["downloads_dir"])
+    log.info("preparing %s from source %r into %s", part, source, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if source == "embedded":
+            cfg = embedded_config(part, params)
+            if part == "speech":
+                from .embedded_speech import generate
+            elif part == "noise":
+                from .embedded_noise import generate
+            else:
+                from .embedded_rooms import generate
+            generate(tmp, cfg, seed=seed, workers=workers)
+        elif part == "speech":
+            from .librispeech import prepare
+            prepare(tmp, params["real"]["librispeech"], downloads, workers=workers)
+        elif part == "noise":
+            from .wham import prepare
+            prepare(tmp, params["real"]["wham"], downloads, workers=workers)
+        else:
+            from .measured_responses import prepare
+            prepare(tmp, params["real"]["responses"], downloads, pdata["response_sets"], workers=workers)
+    return source

@@ -1,0 +1,58 @@
+"""Read one split of synthesised mixtures as a torch Dataset, driven by its manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .audio import read_audio
+from .mixtures import TARGETS
+
+
+class MixtureDataset(Dataset):
+    """Items of ``data/mixtures/<task>/<split>``.
+
+    Each item is a dict with ``id`` (str), ``mixture`` [2, T], ``targets`` [S, 2, T]
+    (S = 1 for SE and TSE, 2 for SS) and, for TSE, ``embedding`` [256].
+    """
+
+    def __init__(self, task_dir: str | Path, split: str, limit: int | None = None):
+        self.task_dir = Path(task_dir)
+        self.split_dir = self.task_dir / split
+        manifest_path = self.split_dir / "manifest.csv"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: no manifest; run `dvc repro synthesize@<task>` first")
+        summary = json.loads((self.task_dir / "summary.json").read_text())
+        self.task = summary["task"]
+        self.sample_rate = summary["sample_rate"]
+        self.manifest = pd.read_csv(manifest_path, keep_default_na=False)
+        if limit is not None:
+            self.manifest = self.manifest.iloc[:limit]
+        self.embeddings = None
+        if self.task == "tse":
+            self.embeddings = np.load(self.split_dir / "embeddings.npy", mmap_mode="r")
+            if len(self.embeddings) < len(self.manifest):
+                raise ValueError(f"{self.split_dir / 'embeddings.npy'}: {len(self.embeddings)} rows for "
+                                 f"{len(self.manifest)} mixtures")
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _read(self, relative: str) -> torch.Tensor:
+        audio = read_audio(self.split_dir / relative, sample_rate=self.sample_rate, channels=2, allow_silent=True)
+        return torch.from_numpy(audio)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.manifest.iloc[index]
+        item = {
+            "id": row["mixture_id"],
+            "mixture": self._read(row["path_mixture"]),
+            "targets": torch.stack([self._read(row[f"path_{stem}"]) for stem in TARGETS[self.task]]),
+        }
+        if self.embeddings is not None:
+            item["embedding"] = torch.from_numpy(np.array(self.embeddings[int(row["embedding_row"])]))
+        return item

@@ -1,0 +1,53 @@
+"""Ordered parallel map over worker processes with a progress bar.
+
+Results come back in input order and every item is processed by a pure function of the item,
+so outputs never depend on the number of workers.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from typing import Callable, Iterable, Sequence, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_ordered(
+    function: Callable[[T], R],
+    items: Sequence[T],
+    workers: int = 1,
+    desc: str = "",
+    unit: str = "item",
+    initializer: Callable[..., None] | None = None,
+    initargs: Iterable = (),
+    chunksize: int | None = None,
+) -> list[R]:
+    """Apply ``function`` to ``items`` in ``workers`` processes (1 = in this process).
+
+    Worker processes are spawned, not forked, so libraries with process-global state
+    (torch thread pools, espeak-ng) start clean in each worker.
+    """
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            if initializer is not None:
+                initializer(*initargs)
+            results = []
+            for item in items:
+                results.append(function(item))
+                bar.update()
+            return results
+        if chunksize is None:
+            chunksize = max(1, min(16, len(items) // (workers * 8)))
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=initializer, initargs=tuple(initargs)) as pool:
+            results = []
+            for result in pool.imap(function, items, chunksize=chunksize):
+                results.append(result)
+                bar.update()
+            return results
+    finally:
+        bar.close()

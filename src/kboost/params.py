@@ -1,0 +1,230 @@
+"""Schema-checked loading of params.yaml.
+
+Every stage calls :func:`load_params` first, so a bad value stops the pipeline at the first
+stage with one message that names the key and what is allowed, instead of a traceback from
+deep inside numpy or torch later on.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("se", "ss", "tse")
+SPLITS = ("train", "val", "test")
+SOURCES = {
+    "speech": ("embedded", "librispeech"),
+    "noise": ("embedded", "wham"),
+    "responses": ("embedded", "measured"),
+}
+CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
+
+
+class ParamsError(ValueError):
+    """An invalid or missing parameter; the message names the key."""
+
+
+class _Checker:
+    """Walks a nested mapping, keeping the dotted key path for error messages."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, message: str) -> None:
+        raise ParamsError(f"{self.source}: {key}: {message}")
+
+    def section(self, mapping: dict, key: str, prefix: str = "") -> dict:
+        name = f"{prefix}{key}"
+        if not isinstance(mapping, dict) or key not in mapping:
+            self.fail(name, "missing section")
+        value = mapping[key]
+        if not isinstance(value, dict):
+            self.fail(name, f"must be a mapping, got {value!r}")
+        return value
+
+    def value(self, mapping: dict, key: str, prefix: str = "") -> Any:
+        if key not in mapping:
+            self.fail(f"{prefix}{key}", "missing")
+        return mapping[key]
+
+    def integer(self, mapping: dict, key: str, prefix: str = "", minimum: int | None = None) -> int:
+        value = self.value(mapping, key, prefix)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{prefix}{key}", f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, mapping: dict, key: str, prefix: str = "", positive: bool = False) -> float:
+        value = self.value(mapping, key, prefix)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"{prefix}{key}", f"must be a number, got {value!r}")
+        if positive and value <= 0:
+            self.fail(f"{prefix}{key}", f"must be > 0, got {value}")
+        return float(value)
+
+    def range(self, mapping: dict, key: str, prefix: str = "") -> tuple[float, float]:
+        value = self.value(mapping, key, prefix)
+        name = f"{prefix}{key}"
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            self.fail(name, f"must be a [low, high] pair of numbers, got {value!r}")
+        if value[0] > value[1]:
+            self.fail(name, f"range is reversed: low {value[0]} > high {value[1]}; write [{value[1]}, {value[0]}]")
+        return float(value[0]), float(value[1])
+
+    def choice(self, mapping: dict, key: str, allowed, prefix: str = "") -> str:
+        value = self.value(mapping, key, prefix)
+        if value not in allowed:
+            self.fail(f"{prefix}{key}", f"unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+
+    def per_split(self, mapping: dict, key: str, prefix: str = "", minimum: int = 1) -> dict[str, int]:
+        counts = self.section(mapping, key, prefix)
+        name = f"{prefix}{key}."
+        extra = sorted(set(counts) - set(SPLITS))
+        if extra:
+            self.fail(f"{prefix}{key}", f"unknown split(s) {extra}; allowed: {', '.join(SPLITS)}")
+        return {split: self.integer(counts, split, name, minimum=minimum) for split in SPLITS}
+
+    def string_list(self, mapping: dict, key: str, prefix: str = "", allowed=None) -> list[str]:
+        value = self.value(mapping, key, prefix)
+        name = f"{prefix}{key}"
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            self.fail(name, f"must be a non-empty list of names, got {value!r}")
+        if len(set(value)) != len(value):
+            self.fail(name, f"contains duplicates: {value}")
+        if allowed is not None:
+            unknown = [v for v in value if v not in allowed]
+            if unknown:
+                self.fail(name, f"unknown value(s) {unknown}; allowed: {', '.join(allowed)}")
+        return value
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict:
+    """Read and validate ``path``; return the whole mapping (unchanged) if it is valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found (run from the repository root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: must be a mapping of parameters")
+    validate(params, source=str(path))
+    return params
+
+
+def validate(params: dict, source: str = "params.yaml") -> None:
+    check = _Checker(source)
+    check.integer(params, "seed", minimum=0)
+    tasks = check.string_list(params, "tasks", allowed=TASKS)
+    del tasks
+    delays = check.value(params, "delays")
+    if (not isinstance(delays, list) or not delays
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in delays)):
+        check.fail("delays", f"must be a non-empty list of integers (chunks of 8 ms), got {delays!r}")
+    if any(d < 0 for d in delays):
+        check.fail("delays", f"delays are counted in 8 ms chunks and must be >= 0, got {delays}")
+    if len(set(delays)) != len(delays):
+        check.fail("delays", f"contains duplicates: {delays}")
+    delay = check.integer(params, "delay")
+    if delay < 0:
+        check.fail("delay", f"must be >= 0 (chunks of 8 ms), got {delay}")
+    if delay not in delays:
+        wanted = sorted(set(delays) | {delay})
+        check.fail("delay", f"{delay} is not one of delays {delays}; boosted pairs are trained only for "
+                            f"listed delays. Add it, e.g. dvc exp run -S 'delays={wanted}' -S delay={delay}")
+
+    profiles = check.section(params, "profiles")
+    check.choice(params, "profile", sorted(profiles))
+    for name, profile in profiles.items():
+        _validate_profile(check, profile, f"profiles.{name}.")
+    _validate_data(check, check.section(params, "data"))
+    _validate_embedded(check, check.section(params, "embedded"))
+    _validate_real(check, check.section(params, "real"))
+
+
+def _validate_data(check: _Checker, data: dict) -> None:
+    p = "data."
+    rate = check.integer(data, "sample_rate", p)
+    if rate != 16000:
+        check.fail("data.sample_rate", f"must be 16000 (the models' 8 ms chunk is {CHUNK_SAMPLES} samples), got {rate}")
+    check.range(data, "level_dbfs", p)
+    limit = check.number(data, "peak_limit", p, positive=True)
+    if limit >= 1.0:
+        check.fail("data.peak_limit", f"must be below 1.0 (16-bit full scale), got {limit}")
+    se = check.section(data, "se", p)
+    check.range(se, "snr_db", "data.se.")
+    ss = check.section(data, "ss", p)
+    check.range(ss, "level_diff_db", "data.ss.")
+    check.range(ss, "noise_snr_db", "data.ss.")
+    check.number(ss, "min_separation_deg", "data.ss.")
+    tse = check.section(data, "tse", p)
+    check.range(tse, "sir_db", "data.tse.")
+    check.range(tse, "noise_snr_db", "data.tse.")
+    check.number(tse, "min_separation_deg", "data.tse.")
+    check.choice(data, "embedding_model", ["resemblyzer"], p)
+
+
+def _validate_embedded(check: _Checker, embedded: dict) -> None:
+    speech = check.section(embedded, "speech", "embedded.")
+    check.string_list(speech, "voices", "embedded.speech.")
+    check.range(speech, "pitch_range", "embedded.speech.")
+    check.range(speech, "rate_range", "embedded.speech.")
+    check.integer(speech, "sentences_per_utterance", "embedded.speech.", minimum=1)
+    noise = check.section(embedded, "noise", "embedded.")
+    check.number(noise, "seconds", "embedded.noise.", positive=True)
+    check.string_list(noise, "kinds", "embedded.noise.",
+                      allowed=("coloured", "speech_shaped", "babble", "nonstationary"))
+    check.range(noise, "coherence_range", "embedded.noise.")
+    rooms = check.section(embedded, "rooms", "embedded.")
+    check.range(rooms, "rt60_range", "embedded.rooms.")
+    check.range(rooms, "distance_range", "embedded.rooms.")
+    check.integer(rooms, "max_order", "embedded.rooms.", minimum=0)
+    check.number(rooms, "response_seconds", "embedded.rooms.", positive=True)
+
+
+def _validate_real(check: _Checker, real: dict) -> None:
+    check.value(real, "downloads_dir", "real.")
+    libri = check.section(real, "librispeech", "real.")
+    check.value(libri, "mirror", "real.librispeech.")
+    subsets = check.section(libri, "subsets", "real.librispeech.")
+    md5 = check.section(libri, "md5", "real.librispeech.")
+    for split in SPLITS:
+        subset = check.value(subsets, split, "real.librispeech.subsets.")
+        if subset not in md5:
+            check.fail(f"real.librispeech.md5.{subset}", "missing checksum for a subset in use")
+
+
+def _validate_profile(check: _Checker, profile: dict, prefix: str) -> None:
+    if not isinstance(profile, dict):
+        check.fail(prefix[:-1], "must be a mapping")
+    data = check.section(profile, "data", prefix)
+    p = f"{prefix}data."
+    sources = check.section(data, "sources", p)
+    for part, allowed in SOURCES.items():
+        check.choice(sources, part, allowed, f"{p}sources.")
+    check.string_list(data, "response_sets", p)
+    clip = check.number(data, "clip_seconds", p, positive=True)
+    if clip * 16000 < 4 * CHUNK_SAMPLES:
+        check.fail(f"{p}clip_seconds", f"must give at least 4 chunks of 8 ms, got {clip} s")
+    check.per_split(data, "mixtures", p)
+    check.integer(data, "workers", p, minimum=1)
+    emb = check.section(data, "embedded", p)
+    pe = f"{p}embedded."
+    check.per_split(emb, "speakers", pe, minimum=2)  # two talkers per SS/TSE mixture
+    check.integer(emb, "utterances_per_speaker", pe, minimum=2)
+    check.per_split(emb, "noise_clips", pe)
+    check.per_split(emb, "rooms", pe)
+    check.integer(emb, "directions_per_room", pe, minimum=2)
+    check.per_split(emb, "anechoic_directions", pe, minimum=2)
+
+
+def active_profile(params: dict) -> dict:
+    """The ``profiles.<profile>`` section selected by ``profile``."""
+    return params["profiles"][params["profile"]]

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kboost.params import ParamsError, active_profile, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, edit):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_committed_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params["profile"] == "demo"
+    assert params["delay"] in params["delays"]
+    assert active_profile(params)["data"]["mixtures"]["train"] > 0
+    paper = params["profiles"]["paper"]["data"]
+    assert paper["mixtures"] == {"train": 100000, "val": 5000, "test": 5000}
+
+
+def _set(path, value):
+    def edit(params):
+        node = params
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return edit
+
+
+def _delete(path):
+    def edit(params):
+        node = params
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("tasks", ["se", "asr"]), r"tasks: unknown value\(s\) \['asr'\]; allowed: se, ss, tse"),
+    (_set("profile", "huge"), r"profile: unknown value 'huge'; allowed: demo, paper, smoke"),
+    (_set("delays", [0, -1]), r"delays: .* must be >= 0"),
+    (_set("delay", 4), r"delay: 4 is not one of delays \[0, 1, 3, 6\].*delays=\[0, 1, 3, 4, 6\]"),
+    (_set("delay", -2), r"delay: must be >= 0"),
+    (_set("data.se.snr_db", [10, -5]), r"data.se.snr_db: range is reversed"),
+    (_delete("data.tse"), r"data.tse: missing section"),
+    (_delete("profiles.demo.data"), r"profiles.demo.data: missing section"),
+    (_set("profiles.smoke.data.sources.speech", "timit"),
+     r"profiles.smoke.data.sources.speech: unknown value 'timit'; allowed: embedded, librispeech"),
+    (_set("profiles.demo.data.mixtures.train", 0), r"profiles.demo.data.mixtures.train: must be >= 1"),
+    (_set("profiles.demo.data.embedded.utterances_per_speaker", 1),
+     r"utterances_per_speaker: must be >= 2"),
+    (_set("seed", "abc"), r"seed: must be an integer"),
+    (_set("data.sample_rate", 8000), r"data.sample_rate: must be 16000"),
+])
+def test_invalid_values_name_the_key(tmp_path, edit, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(_write(tmp_path, edit))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="parameter file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)

@@ -1,0 +1,66 @@
+"""A real `dvc repro` of the smoke profile in a temporary copy of the repository."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(args, cwd, check=True):
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The working tree's tracked and unignored files, committed in a fresh git repository."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    text = (dest / "params.yaml").read_text().replace("\nprofile: demo ", "\nprofile: smoke ")
+    (dest / "params.yaml").write_text(text)
+    _run(["git", "init", "-q"], dest)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "init", "--allow-empty"], dest, check=False)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def test_smoke_repro_end_to_end(repo):
+    _run(["dvc", "repro"], repo)
+    for task in ("se", "ss", "tse"):
+        for split, count in (("train", 16), ("val", 4), ("test", 4)):
+            manifest = pd.read_csv(repo / "data" / "mixtures" / task / split / "manifest.csv")
+            assert len(manifest) == count
+            assert all((repo / "data" / "mixtures" / task / split / p).is_file() for p in manifest["path_mixture"])
+    assert (repo / "data" / "mixtures" / "tse" / "test" / "embeddings.npy").is_file()
+    status = _run(["dvc", "status"], repo)
+    assert "up to date" in status.stdout
+    again = _run(["dvc", "repro"], repo)
+    assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
+
+
+def test_invalid_param_stops_first_stage_with_clear_message(repo):
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("\n  se:\n    snr_db: [-5, 10]", "\n  se:\n    snr_db: [10, -5]"))
+        result = _run(["dvc", "repro", "--force", "get_data@speech"], repo, check=False)
+        assert result.returncode != 0
+        assert "data.se.snr_db: range is reversed" in result.stderr + result.stdout
+    finally:
+        params.write_text(original)
