@@ -60,6 +60,8 @@ def _delete(path):
     (_set("profiles.demo.data.embedded.utterances_per_speaker", 1),
      r"utterances_per_speaker: must be >= 2"),
     (_set("seed", "abc"), r"seed: must be an integer"),
+    (_set("profiles.demo.data.response_sets", ["cipic"]),
+     r"profiles.demo.data.response_sets: unknown value\(s\) \['cipic'\]; allowed: simulated_room, anechoic_hrtf"),
     (_set("data.sample_rate", 8000), r"data.sample_rate: must be 16000"),
 ])
 def test_invalid_values_name_the_key(tmp_path, edit, message):

@@ -12,6 +12,9 @@ from scipy.signal import resample_poly
 from .fsutil import atomic_file
 
 
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command id (sndfile.h)
+
+
 class AudioError(ValueError):
     """A source file that cannot be used as it is (unreadable, wrong shape, silent, NaN)."""
 
@@ -77,8 +80,14 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, su
     check_signal(audio, str(path), allow_silent=True)
     if subtype is None:
         subtype = "FLOAT" if path.suffix.lower() == ".wav" else "PCM_16"
+    file_format = path.suffix[1:].upper()
     with atomic_file(path) as tmp:
-        sf.write(str(tmp), audio.T, sample_rate, subtype=subtype, format=path.suffix[1:].upper())
+        with sf.SoundFile(str(tmp), "w", sample_rate, audio.shape[0], subtype=subtype, format=file_format) as f:
+            if file_format == "WAV":
+                # libsndfile stamps float WAVs with a PEAK chunk holding the current time, which
+                # would make identical audio written a second apart differ byte-wise.
+                sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+            f.write(audio.T)
 
 
 def quantize_pcm16(audio: np.ndarray) -> np.ndarray:

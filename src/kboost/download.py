@@ -378,3 +378,18 @@ def _extract_zip(archive: Path, root: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as source, open(path, "wb") as out:  # CRC checked on read
                 shutil.copyfileobj(source, out, CHUNK)
+
+
+def fetch_options(cfg: dict) -> dict:
+    """Optional ``retries`` / ``backoff`` / ``timeout`` keys of a source cfg, for :func:`fetch`."""
+    return {k: cfg[k] for k in ("retries", "backoff", "timeout") if cfg.get(k) is not None}
+
+
+def extract_once(archive: Path, target: Path) -> None:
+    """Extract unless ``target`` already holds an extraction of this very archive."""
+    marker = Path(target) / ".extracted-from"
+    stamp = f"{Path(archive).name} {recorded_checksum(archive)}"
+    if marker.is_file() and marker.read_text() == stamp:
+        return
+    extract(archive, target)
+    marker.write_text(stamp)

@@ -6,6 +6,7 @@ so outputs never depend on the number of workers.
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from tqdm import tqdm
@@ -23,15 +24,26 @@ def map_ordered(
     initializer: Callable[..., None] | None = None,
     initargs: Iterable = (),
     chunksize: int | None = None,
+    threads: bool = False,
+    progress: bool = True,
 ) -> list[R]:
     """Apply ``function`` to ``items`` in ``workers`` processes (1 = in this process).
 
     Worker processes are spawned, not forked, so libraries with process-global state
-    (torch thread pools, espeak-ng) start clean in each worker.
+    (torch thread pools, espeak-ng) start clean in each worker. ``threads`` uses a thread pool
+    instead, for I/O-bound work (file copies, audio codecs release the GIL).
     """
     items = list(items)
-    bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
+               disable=not progress)
     try:
+        if threads and workers > 1 and len(items) > 1:
+            results = []
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(function, items):
+                    results.append(result)
+                    bar.update()
+            return results
         if workers <= 1 or len(items) <= 1:
             if initializer is not None:
                 initializer(*initargs)

@@ -20,6 +20,7 @@ SOURCES = {
     "noise": ("embedded", "wham"),
     "responses": ("embedded", "measured"),
 }
+EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
 
 
@@ -142,8 +143,9 @@ def validate(params: dict, source: str = "params.yaml") -> None:
 
     profiles = check.section(params, "profiles")
     check.choice(params, "profile", sorted(profiles))
+    measured_sets = sorted(check.section(check.section(params, "real"), "responses", "real."))
     for name, profile in profiles.items():
-        _validate_profile(check, profile, f"profiles.{name}.")
+        _validate_profile(check, profile, f"profiles.{name}.", measured_sets)
     _validate_data(check, check.section(params, "data"))
     _validate_embedded(check, check.section(params, "embedded"))
     _validate_real(check, check.section(params, "real"))
@@ -201,7 +203,7 @@ def _validate_real(check: _Checker, real: dict) -> None:
             check.fail(f"real.librispeech.md5.{subset}", "missing checksum for a subset in use")
 
 
-def _validate_profile(check: _Checker, profile: dict, prefix: str) -> None:
+def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets: list[str]) -> None:
     if not isinstance(profile, dict):
         check.fail(prefix[:-1], "must be a mapping")
     data = check.section(profile, "data", prefix)
@@ -209,7 +211,9 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str) -> None:
     sources = check.section(data, "sources", p)
     for part, allowed in SOURCES.items():
         check.choice(sources, part, allowed, f"{p}sources.")
-    check.string_list(data, "response_sets", p)
+    # Embedded rooms provide two sets; measured sets are the entries of real.responses.
+    allowed_sets = EMBEDDED_RESPONSE_SETS if sources["responses"] == "embedded" else measured_sets
+    check.string_list(data, "response_sets", p, allowed=allowed_sets)
     clip = check.number(data, "clip_seconds", p, positive=True)
     if clip * 16000 < 4 * CHUNK_SAMPLES:
         check.fail(f"{p}clip_seconds", f"must give at least 4 chunks of 8 ms, got {clip} s")

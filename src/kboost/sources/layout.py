@@ -69,14 +69,12 @@ def read_index(part: str, directory: str | os.PathLike, check_files: bool = Fals
     path = directory / INDEX_NAME
     if not path.is_file():
         raise CorpusError(f"{path}: no {part} index; run the stage that prepares data/corpus/{part}")
-    frame = pd.read_csv(path, keep_default_na=False, dtype={ID_COLUMN[part]: str})
+    # Ids stay strings: "003" must not become 3.
+    text_columns = {ID_COLUMN[part]: str, "speaker_id": str, "room_id": str, "path": str, "text": str}
+    frame = pd.read_csv(path, keep_default_na=False, dtype={c: t for c, t in text_columns.items() if c in COLUMNS[part]})
     missing = [c for c in COLUMNS[part] if c not in frame.columns]
     if missing:
         raise CorpusError(f"{path}: missing columns {missing}")
-    if part == "speech":
-        frame["speaker_id"] = frame["speaker_id"].astype(str)
-    if part == "responses":
-        frame["room_id"] = frame["room_id"].astype(str)
     _validate(part, frame, directory)
     if check_files:
         absent = [p for p in frame["path"] if not (directory / p).is_file()]
@@ -106,3 +104,12 @@ def _validate(part: str, frame: pd.DataFrame, directory: Path) -> None:
         shared = per_room[per_room > 1]
         if len(shared):
             raise CorpusError(f"{where}: room {shared.index[0]!r} appears in more than one split")
+
+
+def split_caps(value) -> dict[str, int]:
+    """A per-split cap from cfg: None (no cap), one int for every split, or {split: int|None}."""
+    if value is None:
+        return {}
+    if isinstance(value, int):
+        return {s: value for s in SPLITS}
+    return {s: int(v) for s, v in dict(value).items() if v is not None}

@@ -18,23 +18,19 @@ import hashlib
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
 
 import soundfile as sf
-from tqdm import tqdm
 
 from ..audio import AudioError
-from ..download import DownloadError, extract, fetch, recorded_checksum
+from ..download import DownloadError, extract_once, fetch, fetch_options, recorded_checksum
 from ..fsutil import atomic_dir, write_json
-from .layout import SAMPLE_RATE, SPLITS, CorpusError, write_index
+from ..parallel import map_ordered
+from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, write_index
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ def prepare(
     """
     out_dir, downloads_dir = Path(out_dir), Path(downloads_dir)
     subsets = _subsets(cfg)
-    caps = _caps(max_utterances if max_utterances is not None else cfg.get("max_utterances"))
+    caps = split_caps(max_utterances if max_utterances is not None else cfg.get("max_utterances"))
     min_seconds = float(min_seconds if min_seconds is not None else cfg.get("min_seconds") or 0.0)
     md5s = cfg.get("md5") or {}
 
@@ -82,14 +78,14 @@ def prepare(
         pinned = md5s.get(subset)
         archive = fetch(url, downloads_dir / f"{subset}.tar.gz",
                         f"md5:{pinned}" if pinned else None, progress=progress,
-                        **_fetch_options(cfg))
+                        **fetch_options(cfg))
         archives[subset] = {"url": url, "checksum": recorded_checksum(archive), "split": split}
         trees[split] = _extracted_tree(archive, downloads_dir / f"{subset}.extracted", subset)
 
     utterances: list[Utterance] = []
     for split, subset in subsets.items():
         listed = _list_subset(trees[split], split)
-        probed = _map(_probe, listed, workers, f"check {subset}", progress)
+        probed = map_ordered(_probe, listed, workers, desc=f"check {subset}", unit="file", threads=True, progress=progress)
         kept = [u for u in probed if u.seconds >= min_seconds]
         if len(kept) < len(probed):
             log.info("%s: dropped %d utterance(s) shorter than %.2f s", subset, len(probed) - len(kept), min_seconds)
@@ -106,7 +102,7 @@ def prepare(
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(utt.source, dest)
 
-        _map(copy, utterances, workers, "copy speech", progress)
+        map_ordered(copy, utterances, workers, desc="copy speech", unit="file", threads=True, progress=progress)
         write_index("speech", tmp, [
             {"utt_id": u.utt_id, "speaker_id": u.speaker_id, "split": u.split,
              "path": u.rel_path, "seconds": round(u.seconds, 6), "text": u.text}
@@ -139,36 +135,13 @@ def _subsets(cfg: dict) -> dict[str, str]:
     return {s: str(subsets[s]) for s in SPLITS if s in subsets}
 
 
-def _fetch_options(cfg: dict) -> dict:
-    """Optional ``retries`` / ``backoff`` / ``timeout`` cfg keys passed on to fetch()."""
-    return {k: cfg[k] for k in ("retries", "backoff", "timeout") if cfg.get(k) is not None}
-
-
-def _caps(value) -> dict[str, int]:
-    if value is None:
-        return {}
-    if isinstance(value, int):
-        return {s: value for s in SPLITS}
-    return {s: int(v) for s, v in dict(value).items() if v is not None}
-
-
 def _extracted_tree(archive: Path, target: Path, subset: str) -> Path:
     """Extract (unless an earlier run did) and return ``LibriSpeech/<subset>`` inside it."""
     tree = target / "LibriSpeech" / subset
-    _extract_once(archive, target)
+    extract_once(archive, target)
     if not tree.is_dir():
         raise DownloadError(f"{archive}: expected LibriSpeech/{subset}/ inside the archive")
     return tree
-
-
-def _extract_once(archive: Path, target: Path) -> None:
-    """Extract unless ``target`` already holds an extraction of this very archive."""
-    marker = target / ".extracted-from"
-    stamp = f"{archive.name} {recorded_checksum(archive)}"
-    if marker.is_file() and marker.read_text() == stamp:
-        return
-    extract(archive, target)
-    marker.write_text(stamp)
 
 
 def _list_subset(tree: Path, split: str) -> list[Utterance]:
@@ -219,25 +192,3 @@ def _stable_subset(items: list[Utterance], count: int) -> list[Utterance]:
     return sorted(ranked[:count], key=lambda u: u.utt_id)
 
 
-def _map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str, progress: bool) -> list[R]:
-    """``[fn(x) for x in items]`` on ``workers`` threads with a progress bar; order kept."""
-    items = list(items)
-    with tqdm(total=len(items), desc=desc, unit="file", disable=not progress, leave=False) as bar:
-        if workers <= 1:
-            out = []
-            for item in items:
-                out.append(fn(item))
-                bar.update()
-            return out
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(fn, item) for item in items]
-            out = []
-            try:
-                for future in futures:
-                    out.append(future.result())
-                    bar.update()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            return out

@@ -17,17 +17,16 @@ import hashlib
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from tqdm import tqdm
 
 from ..audio import read_audio, write_audio
-from ..download import DownloadError, extract, fetch, recorded_checksum
+from ..download import DownloadError, extract_once, fetch, fetch_options, recorded_checksum
 from ..fsutil import atomic_dir, write_json
-from .layout import SAMPLE_RATE, SPLITS, CorpusError, write_index
+from ..parallel import map_ordered
+from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, write_index
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,13 @@ def prepare(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise CorpusError(f"wham cfg: unknown split(s) {unknown}; allowed {list(SPLITS)}")
-    caps = _caps(max_files if max_files is not None else cfg.get("max_files"))
+    caps = split_caps(max_files if max_files is not None else cfg.get("max_files"))
 
     name = Path(urlparse(url).path).name or "wham_noise.zip"
     archive = fetch(url, downloads_dir / name, cfg.get("checksum"), progress=progress,
-                    **_fetch_options(cfg))
+                    **fetch_options(cfg))
     extracted = downloads_dir / f"{Path(name).stem}.extracted"
-    _extract_once(archive, extracted)
+    extract_once(archive, extracted)
     root = _noise_root(extracted)
     if root is None:
         raise DownloadError(f"{archive}: expected wham_noise/{{tr,cv,tt}}/ inside the archive")
@@ -91,7 +90,7 @@ def prepare(
             return {"noise_id": noise_id, "split": split, "kind": KIND, "path": rel,
                     "seconds": round(audio.shape[-1] / SAMPLE_RATE, 6)}
 
-        rows = _map(convert, jobs, workers, "convert WHAM!", progress)
+        rows = map_ordered(convert, jobs, workers, desc="convert WHAM!", unit="file", threads=True, progress=progress)
         write_index("noise", tmp, rows)
         write_json(tmp / "source.json", {
             "source": "wham_noise",
@@ -109,16 +108,6 @@ def prepare(
         shutil.rmtree(extracted, ignore_errors=True)
 
 
-def _extract_once(archive: Path, target: Path) -> None:
-    """Extract unless ``target`` already holds an extraction of this very archive."""
-    marker = target / ".extracted-from"
-    stamp = f"{archive.name} {recorded_checksum(archive)}"
-    if marker.is_file() and marker.read_text() == stamp:
-        return
-    extract(archive, target)
-    marker.write_text(stamp)
-
-
 def _noise_root(extracted: Path) -> Path | None:
     for candidate in (extracted / "wham_noise", extracted):
         if any((candidate / d).is_dir() for d in DEFAULT_SPLITS.values()):
@@ -126,38 +115,3 @@ def _noise_root(extracted: Path) -> Path | None:
     return None
 
 
-def _fetch_options(cfg: dict) -> dict:
-    """Optional ``retries`` / ``backoff`` / ``timeout`` cfg keys passed on to fetch()."""
-    return {k: cfg[k] for k in ("retries", "backoff", "timeout") if cfg.get(k) is not None}
-
-
-def _caps(value) -> dict[str, int]:
-    if value is None:
-        return {}
-    if isinstance(value, int):
-        return {s: value for s in SPLITS}
-    return {s: int(v) for s, v in dict(value).items() if v is not None}
-
-
-def _map(fn, items, workers: int, desc: str, progress: bool) -> list:
-    """``[fn(x) for x in items]`` on ``workers`` threads with a progress bar; order kept."""
-    items = list(items)
-    with tqdm(total=len(items), desc=desc, unit="file", disable=not progress, leave=False) as bar:
-        if workers <= 1:
-            out = []
-            for item in items:
-                out.append(fn(item))
-                bar.update()
-            return out
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(fn, item) for item in items]
-            out = []
-            try:
-                for future in futures:
-                    out.append(future.result())
-                    bar.update()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            return out
