@@ -1,6 +1,5 @@
-"""A tiny corpus in the standard layout, made of simple synthetic signals (fast, no espeak).
-
-Used by tests of everything downstream of the data sources.
+"""Test helpers: a tiny corpus in the standard layout, made of simple synthetic signals (fast,
+no espeak), used by tests of everything downstream of the data sources; and tree comparison.
 """
 from __future__ import annotations
 
@@ -60,3 +59,8 @@ def make_corpus(root: Path, speakers=(4, 2, 2), utts=3, seconds=1.5, seed=0) -> 
     write_index("noise", root / "noise", noise)
     write_index("responses", root / "responses", responses)
     return root
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative POSIX path -> bytes), for byte-identity checks."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}

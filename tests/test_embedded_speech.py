@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from fake_corpus import tree_files
 from kboost.audio import read_audio
 from kboost.sources import embedded_speech, espeak
 from kboost.sources.layout import SPLITS, read_index
@@ -22,10 +23,6 @@ CFG = {
     "pitch_range": [30, 70],
     "rate_range": [150, 190],
 }
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +68,7 @@ def test_speakers_and_sentences_disjoint(runs):
 
 
 def test_byte_identical_across_runs_and_workers(runs):
-    a, b = _files(runs[0]), _files(runs[1])
+    a, b = tree_files(runs[0]), tree_files(runs[1])
     assert a.keys() == b.keys()
     assert [k for k in a if a[k] != b[k]] == []
 

@@ -1,5 +1,4 @@
 import copy
-import filecmp
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from fake_corpus import make_corpus
+from fake_corpus import make_corpus, tree_files
 from kboost.audio import AudioError
 from kboost.dataset import MixtureDataset
 from kboost.mixtures import STEMS, SynthesisError, synthesize_task
@@ -30,9 +29,7 @@ def _params(workers=1):
 
 
 def _tree_equal(a: Path, b: Path) -> bool:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
+    return tree_files(a) == tree_files(b)
 
 
 @pytest.mark.parametrize("task", ["se", "ss"])
@@ -139,3 +136,15 @@ def test_missing_response_set_is_explained(corpus, tmp_path):
     profile["data"]["response_sets"] = ["cipic"]
     with pytest.raises(SynthesisError, match=r"response sets \['cipic'\]"):
         synthesize_task("se", corpus, tmp_path / "out", params, profile)
+
+
+def test_wrong_channel_count_in_noise_is_named(corpus, tmp_path):
+    import shutil
+    broken = tmp_path / "corpus"
+    shutil.copytree(corpus, broken)
+    for p in (broken / "noise").rglob("*.flac"):
+        data, rate = sf.read(p)
+        sf.write(p, data[:, 0], rate)  # mono instead of binaural
+    params, profile = _params()
+    with pytest.raises(AudioError, match=r"noise/.*\.flac: expected 2 channel\(s\), found 1"):
+        synthesize_task("se", broken, tmp_path / "out", params, profile)

@@ -342,18 +342,13 @@ def _extract_tar(archive: Path, root: Path) -> None:
                 )
             if not (member.isfile() or member.isdir()):
                 raise DownloadError(f"{archive}: unsafe member {member.name!r} (device, FIFO or other special file)")
-            if rel is None:
-                continue
-            path = root.joinpath(*rel.parts)
-            if member.isdir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            if source is None:
-                raise DownloadError(f"{archive}: cannot read member {member.name!r}")
-            with source, open(path, "wb") as out:
-                shutil.copyfileobj(source, out, CHUNK)
+            if member.isfile() and rel is not None:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise DownloadError(f"{archive}: cannot read member {member.name!r}")
+            else:
+                source = None
+            _write_member(root, rel, source)
 
 
 def _extract_zip(archive: Path, root: Path) -> None:
@@ -369,15 +364,21 @@ def _extract_zip(archive: Path, root: Path) -> None:
                 raise DownloadError(f"{archive}: unsafe member {info.filename!r} (special file)")
         for info in infos:
             rel = _safe_member_path(archive, info.filename)
-            if rel is None:
-                continue
-            path = root.joinpath(*rel.parts)
-            if info.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source, open(path, "wb") as out:  # CRC checked on read
-                shutil.copyfileobj(source, out, CHUNK)
+            # zipfile checks each member's CRC while it is read.
+            _write_member(root, rel, None if info.is_dir() or rel is None else zf.open(info))
+
+
+def _write_member(root: Path, rel: PurePosixPath | None, source) -> None:
+    """Create a checked member under ``root``: a directory when ``source`` is None, else a file."""
+    if rel is None:
+        return
+    path = root.joinpath(*rel.parts)
+    if source is None:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with source, open(path, "wb") as out:
+        shutil.copyfileobj(source, out, CHUNK)
 
 
 def fetch_options(cfg: dict) -> dict:

@@ -31,7 +31,7 @@ from scipy.signal import oaconvolve
 
 from . import speaker
 from .audio import AudioError, quantize_pcm16, read_audio, write_audio
-from .fsutil import atomic_dir, write_json
+from .fsutil import atomic_dir, remove_stale_temporaries, write_json
 from .parallel import map_ordered
 from .params import SPLITS, TASKS
 from .sources.layout import read_index
@@ -267,6 +267,7 @@ def synthesize_task(
     data_cfg = params["data"]
     pdata = profile["data"]
     corpus = Corpus.load(corpus_dir)
+    remove_stale_temporaries(Path(out_dir).parent)  # leftovers of a killed earlier run
     workers = pdata["workers"]
     summary = {"task": task, "seed": params["seed"], "clip_seconds": pdata["clip_seconds"],
                "sample_rate": data_cfg["sample_rate"], "stems": list(STEMS[task]),

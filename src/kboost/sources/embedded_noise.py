@@ -119,13 +119,7 @@ def validate_cfg(cfg: dict) -> dict:
         "babble_pitch_range": list(_int_range(full, "babble_pitch_range", 0, 99, _KEY)),
         "babble_rate_range": list(_int_range(full, "babble_rate_range", 80, 450, _KEY)),
     }
-    known_variants = set(espeak.available_variants())
-    unstable = set(espeak.nondeterministic_variants())
-    for variant in out["babble_variants"]:
-        if variant and variant not in known_variants:
-            raise ValueError(f"{_KEY}.babble_variants: unknown espeak variant {variant!r}")
-        if variant in unstable:
-            raise ValueError(f"{_KEY}.babble_variants: variant {variant!r} is not reproducible (breath noise)")
+    espeak.check_variants(out["babble_variants"], f"{_KEY}.babble_variants")
     return out
 
 

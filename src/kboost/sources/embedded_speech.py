@@ -126,13 +126,7 @@ def validate_cfg(cfg: dict) -> dict:
         "pitch_range": list(_int_range(cfg, "pitch_range", 0, 99)),
         "rate_range": list(_int_range(cfg, "rate_range", 80, 450)),
     }
-    known_variants = set(espeak.available_variants())
-    unstable = set(espeak.nondeterministic_variants())
-    for variant in out["variants"]:
-        if variant and variant not in known_variants:
-            raise ValueError(f"{_KEY}.variants: unknown espeak variant {variant!r}")
-        if variant in unstable:
-            raise ValueError(f"{_KEY}.variants: variant {variant!r} is not reproducible (breath noise); remove it")
+    espeak.check_variants(out["variants"], f"{_KEY}.variants")
     return out
 
 

@@ -297,3 +297,14 @@ def speaker_pool(
         seen.add(key)
         speakers.append(Speaker(f"{prefix}{len(speakers):04d}", *key))
     return speakers
+
+
+def check_variants(variants: list[str], key: str) -> None:
+    """Raise ValueError (naming ``key``) for unknown variants or ones whose output varies run to run."""
+    known = set(available_variants())
+    unstable = set(nondeterministic_variants())
+    for variant in variants:
+        if variant and variant not in known:
+            raise ValueError(f"{key}: unknown espeak variant {variant!r}")
+        if variant in unstable:
+            raise ValueError(f"{key}: variant {variant!r} is not reproducible (breath noise); remove it")
