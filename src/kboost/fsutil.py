@@ -69,11 +69,11 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> None:
-    """Delete leftovers of a killed run (``.name.tmp-*`` and ``.name.old-*`` siblings)."""
-    directory = Path(directory)
-    if not directory.is_dir():
+def remove_stale_temporaries(target: str | os.PathLike) -> None:
+    """Delete what a killed run left next to ``target`` (``.<name>.tmp-*`` and ``.<name>.old-*``)."""
+    target = Path(target)
+    if not target.parent.is_dir():
         return
-    for child in directory.iterdir():
-        if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
+    for child in target.parent.iterdir():
+        if child.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-")):
             _remove(child)

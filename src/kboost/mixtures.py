@@ -267,7 +267,7 @@ def synthesize_task(
     data_cfg = params["data"]
     pdata = profile["data"]
     corpus = Corpus.load(corpus_dir)
-    remove_stale_temporaries(Path(out_dir).parent)  # leftovers of a killed earlier run
+    remove_stale_temporaries(out_dir)  # leftovers of a killed earlier run
     workers = pdata["workers"]
     summary = {"task": task, "seed": params["seed"], "clip_seconds": pdata["clip_seconds"],
                "sample_rate": data_cfg["sample_rate"], "stems": list(STEMS[task]),

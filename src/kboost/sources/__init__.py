@@ -30,7 +30,7 @@ def prepare_part(part: str, params: dict, out_dir: str | Path) -> str:
     if part not in PARTS:
         raise ValueError(f"unknown corpus part {part!r}; allowed: {', '.join(PARTS)}")
     out_dir = Path(out_dir)
-    remove_stale_temporaries(out_dir.parent)
+    remove_stale_temporaries(out_dir)  # leftovers of a killed earlier run
     pdata = active_profile(params)["data"]
     source = pdata["sources"][part]
     workers = pdata["workers"]
