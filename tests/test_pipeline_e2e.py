@@ -58,7 +58,9 @@ def test_invalid_param_stops_first_stage_with_clear_message(repo):
     params = repo / "params.yaml"
     original = params.read_text()
     try:
-        params.write_text(original.replace("\n  se:\n    snr_db: [-5, 10]", "\n  se:\n    snr_db: [10, -5]"))
+        edited = original.replace("    snr_db: [-5, 10]", "    snr_db: [10, -5]", 1)
+        assert edited != original
+        params.write_text(edited)
         result = _run(["dvc", "repro", "--force", "get_data@speech"], repo, check=False)
         assert result.returncode != 0
         assert "data.se.snr_db: range is reversed" in result.stderr + result.stdout
