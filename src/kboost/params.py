@@ -20,6 +20,8 @@ SOURCES = {
     "noise": ("embedded", "wham"),
     "responses": ("embedded", "measured"),
 }
+MODEL_ROLES = ("small", "medium", "large")
+COMPRESSIONS = (1, 2, 4)  # P of the paper's ablation
 EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
 
@@ -146,6 +148,8 @@ def validate(params: dict, source: str = "params.yaml") -> None:
     measured_sets = sorted(check.section(check.section(params, "real"), "responses", "real."))
     for name, profile in profiles.items():
         _validate_profile(check, profile, f"profiles.{name}.", measured_sets)
+    model = check.section(params, "model")
+    check.choice(model, "compression", COMPRESSIONS, "model.")
     _validate_data(check, check.section(params, "data"))
     _validate_embedded(check, check.section(params, "embedded"))
     _validate_real(check, check.section(params, "real"))
@@ -206,6 +210,23 @@ def _validate_real(check: _Checker, real: dict) -> None:
 def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets: list[str]) -> None:
     if not isinstance(profile, dict):
         check.fail(prefix[:-1], "must be a mapping")
+    models = check.section(profile, "models", prefix)
+    for role in MODEL_ROLES:
+        size = check.section(models, role, f"{prefix}models.")
+        where = f"{prefix}models.{role}."
+        for key in ("emb_dim", "hidden", "blocks"):
+            check.integer(size, key, where, minimum=1)
+        if size.get("heads", 0):
+            heads = check.integer(size, "heads", where, minimum=1)
+            if size["emb_dim"] % heads:
+                check.fail(f"{where}heads", f"emb_dim {size['emb_dim']} must be divisible by heads {heads}")
+        if "window" in size:
+            check.integer(size, "window", where, minimum=1)
+        unknown = sorted(set(size) - {"emb_dim", "hidden", "blocks", "heads", "window"})
+        if unknown:
+            check.fail(f"{prefix}models.{role}", f"unknown key(s) {unknown}; allowed: emb_dim, hidden, blocks, heads, window")
+    if models["small"]["blocks"] < 2:
+        check.fail(f"{prefix}models.small.blocks", "must be >= 2 (merge modules follow every block but the last)")
     data = check.section(profile, "data", prefix)
     p = f"{prefix}data."
     sources = check.section(data, "sources", p)

@@ -1,0 +1,160 @@
+"""Knowledge boosting: a large remote model sends compressed hints that reach the small
+on-device model ``delay`` chunks late; merge modules fold them into the small model.
+
+Whole-clip and streaming paths share the layers; in streaming the hint of chunk t enters a
+FIFO and is consumed at chunk t + delay, exactly as a late network packet would be.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .frontend import N_FREQS
+from .gridnet import TFGridNet, check_audio, check_embedding
+from .layers import CausalConv2d, LocalAttention
+
+MERGE_HEADS = 4
+MERGE_QK = 256  # per-head query/key width E' = ceil(256 / F)
+COMPRESSIONS = (1, 2, 4)
+
+
+def delay_frames(x: torch.Tensor, delay: int, dim: int) -> torch.Tensor:
+    """Shift ``x`` later in time by ``delay`` frames along ``dim`` (zeros first), same length."""
+    if delay == 0:
+        return x
+    length = x.shape[dim]
+    pad_shape = list(x.shape)
+    pad_shape[dim] = min(delay, length)
+    kept = x.narrow(dim, 0, max(length - delay, 0))
+    return torch.cat([x.new_zeros(pad_shape), kept], dim=dim)
+
+
+class Compression(nn.Module):
+    """Remote side: causal 3x3 conv from the large model's output spectrogram (2 n_out channels)
+    to 2 n_out / P channels before sending."""
+
+    def __init__(self, channels: int, factor: int):
+        super().__init__()
+        if factor not in COMPRESSIONS or channels % factor:
+            raise ValueError(f"compression factor must be one of {COMPRESSIONS} and divide {channels}, got {factor}")
+        self.out_channels = channels // factor
+        self.conv = CausalConv2d(channels, self.out_channels)
+
+    def forward(self, spec: torch.Tensor, buffer=None):
+        return self.conv(spec, buffer)
+
+
+class MergeModule(nn.Module):
+    """FiLM with alignment, then cross-attention from the current features to the merged context.
+
+    ``x``: small-model features [B, T, F, D] at frame t; ``hint``: [B, T, F, C] holding the
+    hint of frame t - delay. The small features are delayed by the same amount so both describe
+    the same audio: merged = x(t - delay) * scale(hint) + shift(hint). Queries come from x(t).
+    """
+
+    def __init__(self, dim: int, hint_channels: int, delay: int, window: int = 50, freqs: int = N_FREQS):
+        super().__init__()
+        self.delay = delay
+        self.scale = nn.Linear(hint_channels, dim)  # = Conv2d(C -> D, 1x1)
+        self.shift = nn.Linear(hint_channels, dim)
+        qk = math.ceil(MERGE_QK / freqs)
+        self.attention = LocalAttention(dim, MERGE_HEADS, qk, freqs, window, per_head=False)
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, state: dict | None = None):
+        state = state or {}
+        if state.get("past") is None:  # whole clip (or first chunk): zeros before the start
+            past = x.new_zeros(x.shape[0], self.delay, x.shape[2], x.shape[3])
+        else:
+            past = state["past"]
+        history = torch.cat([past, x], dim=1)
+        aligned = history[:, : x.shape[1]]  # x(t - delay)
+        merged = aligned * self.scale(hint) + self.shift(hint)
+        out, cache = self.attention(x, merged, state.get("attention"))
+        new_past = history[:, history.shape[1] - self.delay:] if self.delay else None
+        return x + out, {"past": new_past, "attention": cache}
+
+
+class BoostedPair(nn.Module):
+    """Large (remote) model -> compression -> delay -> merge modules inside the small model."""
+
+    def __init__(self, small: TFGridNet, large: TFGridNet, delay: int, compression: int = 1):
+        super().__init__()
+        if small.task != large.task:
+            raise ValueError(f"small ({small.task}) and large ({large.task}) models must share a task")
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 chunks, got {delay}")
+        self.task, self.delay = small.task, delay
+        self.small, self.large = small, large
+        self.compression = Compression(2 * large.n_outputs, compression)
+        self.merges = nn.ModuleList(
+            MergeModule(small.size.emb_dim, self.compression.out_channels, delay, small.size.window)
+            for _ in range(small.size.blocks - 1))
+
+    def device_modules(self) -> list[nn.Module]:
+        """What runs on the device: the small model and the merge modules."""
+        return [self.small, self.merges]
+
+    def remote_modules(self) -> list[nn.Module]:
+        """What runs remotely: the large model and the compression."""
+        return [self.large, self.compression]
+
+    def _small(self, features, hint, state, embedding):
+        small_state = state.setdefault("small", {})
+        merge_states = state.setdefault("merges", [None] * len(self.merges))
+        x = self.small.encode(features, small_state)
+        for index in range(len(self.small.blocks)):
+            x = self.small.run_block(index, x, small_state, embedding)
+            if index < len(self.merges):
+                x, merge_states[index] = self.merges[index](x, hint, merge_states[index])
+        return self.small.decode(x, small_state)
+
+    def forward(self, audio: torch.Tensor, embedding: torch.Tensor | None = None,
+                large_audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole clips -> the small model's output [B, sources, 2, N].
+
+        ``large_audio`` (default: ``audio``) is what the remote model hears; tests poison it.
+        """
+        check_audio(audio, chunk=False)
+        check_embedding(self.task, audio, embedding)
+        features = self.small.frontend.analyse(audio)
+        remote = features if large_audio is None else self.large.frontend.analyse(large_audio)
+        hint, _ = self.compression(self.large.spectrogram(remote, {}, embedding))
+        hint = delay_frames(hint, self.delay, dim=2).permute(0, 2, 3, 1)  # [B, T, F, C]
+        spec = self._small(features, hint, {}, embedding)
+        return self.small.to_sources(self.small.frontend.synthesise(spec))
+
+    def initial_state(self, batch: int = 1, dtype=torch.float32, device=None) -> dict:
+        return {"small_io": self.small.initial_state(batch, dtype, device),
+                "large_io": self.large.initial_state(batch, dtype, device), "fifo": []}
+
+    def remote_step(self, chunk: torch.Tensor, state: dict, embedding=None) -> torch.Tensor:
+        """The remote side for one chunk: the compressed hint [B, 1, F, C] it sends."""
+        io = state["large_io"]
+        features, io["history"] = self.large.frontend.analyse_chunk(io["history"], chunk)
+        large_state = state.setdefault("large", {})
+        spec = self.large.spectrogram(features, large_state, embedding)
+        hint, state["compression"] = self.compression(spec, state.get("compression"))
+        return hint.permute(0, 2, 3, 1)
+
+    def device_step(self, chunk: torch.Tensor, hint: torch.Tensor, state: dict, embedding=None):
+        """The device side for one chunk, given the hint that arrived now (of chunk t - delay)."""
+        io = state["small_io"]
+        features, io["history"] = self.small.frontend.analyse_chunk(io["history"], chunk)
+        spec = self._small(features, hint, state, embedding)
+        out, io["tail"] = self.small.frontend.synthesise_chunk(spec, io["tail"])
+        return self.small.to_sources(out)
+
+    def step(self, chunk: torch.Tensor, state: dict, embedding: torch.Tensor | None = None,
+             large_chunk: torch.Tensor | None = None):
+        """One chunk through both sides, the hint delayed by ``delay`` chunks (zeros before)."""
+        check_audio(chunk, chunk=True)
+        check_embedding(self.task, chunk, embedding)
+        sent = self.remote_step(chunk if large_chunk is None else large_chunk, state, embedding)
+        state["fifo"].append(sent)
+        if len(state["fifo"]) > self.delay:
+            arrived = state["fifo"].pop(0)
+        else:
+            arrived = torch.zeros_like(sent)
+        return self.device_step(chunk, arrived, state, embedding), state

@@ -1,0 +1,135 @@
+"""Building blocks shared by TF-GridNet and the knowledge-boosting modules.
+
+Internal layout is channels-last, ``[batch, time, freq, channels]``: the LSTMs and all 1x1
+projections then work on the last axis without permutes. Every stateful layer takes an optional
+state and returns its new state, so the same code runs a whole clip (state None: zeros / empty
+history) or one 8 ms frame at a time (T = 1, state carried), and both give the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CAUSAL_FRAMES = 2  # the 3x3 convolutions see the current frame and two past ones
+
+
+class CausalConv2d(nn.Module):
+    """Conv2d with a 3 (time) x 3 (freq) kernel, frequency padding 1 and a 2-frame causal buffer.
+
+    Input and output are ``[B, C, T, F]``; the buffer holds the last two input frames.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, (CAUSAL_FRAMES + 1, 3), padding=(0, 1))
+
+    def forward(self, x: torch.Tensor, buffer: torch.Tensor | None = None):
+        if buffer is None:
+            buffer = x.new_zeros(x.shape[0], x.shape[1], CAUSAL_FRAMES, x.shape[3])
+        padded = torch.cat([buffer, x], dim=2)
+        return self.conv(padded), padded[:, :, -CAUSAL_FRAMES:]
+
+
+class CausalConvTranspose2d(nn.Module):
+    """ConvTranspose2d (3x3, frequency padding 1) made causal: output frame t uses input frames
+    t, t-1, t-2 (the two past ones from a buffer), as in the paper's output layer."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(in_channels, out_channels, (CAUSAL_FRAMES + 1, 3), padding=(0, 1))
+
+    def forward(self, x: torch.Tensor, buffer: torch.Tensor | None = None):
+        if buffer is None:
+            buffer = x.new_zeros(x.shape[0], x.shape[1], CAUSAL_FRAMES, x.shape[3])
+        padded = torch.cat([buffer, x], dim=2)
+        # A full transposed convolution gives T + 2 (+2) frames; frame i of the padded input
+        # contributes to outputs i..i+2, so outputs 2..2+T are the causal ones for x.
+        out = self.deconv(padded)[:, :, CAUSAL_FRAMES: CAUSAL_FRAMES + x.shape[2]]
+        return out, padded[:, :, -CAUSAL_FRAMES:]
+
+
+class HeadPReLU(nn.Module):
+    """PReLU on ``[..., heads, F, dim]`` with one slope per head (``heads=1``: one shared slope)."""
+
+    def __init__(self, heads: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((heads, 1, 1), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, self.weight * x)
+
+
+class HeadNorm(nn.Module):
+    """LayerNorm over (freq, dim) of ``[B, T, heads, F, dim]``.
+
+    ``per_head``: separate gains and biases per head (TF-GridNet's per-head attention layers);
+    otherwise one set shared by all heads.
+    """
+
+    def __init__(self, heads: int, freqs: int, dim: int, per_head: bool, eps: float = 1e-5):
+        super().__init__()
+        shape = (heads if per_head else 1, freqs, dim)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        var = (x - mean).pow(2).mean(dim=(-2, -1), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class LocalAttention(nn.Module):
+    """Multi-head attention across time over a causal window, with TF-GridNet's projections.
+
+    Queries come from ``x``, keys and values from ``context`` (the same tensor for
+    self-attention). Q/K: Linear(D -> heads * qk_dim), PReLU, LayerNorm over (F, qk_dim);
+    V: Linear(D -> D), PReLU, LayerNorm over (F, D / heads); output: Linear(D -> D), PReLU,
+    LayerNorm over (F, D). A query at frame t sees context frames t - window + 1 .. t.
+    The cache holds the keys and values of the last ``window - 1`` context frames.
+    """
+
+    def __init__(self, dim: int, heads: int, qk_dim: int, freqs: int, window: int, per_head: bool):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention: {dim} channels do not split into {heads} heads")
+        self.heads, self.qk_dim, self.v_dim, self.window = heads, qk_dim, dim // heads, window
+        prelu_heads = heads if per_head else 1
+        self.query = nn.Linear(dim, heads * qk_dim)
+        self.key = nn.Linear(dim, heads * qk_dim)
+        self.value = nn.Linear(dim, dim)
+        self.query_act, self.key_act, self.value_act = (HeadPReLU(prelu_heads) for _ in range(3))
+        self.query_norm = HeadNorm(heads, freqs, qk_dim, per_head)
+        self.key_norm = HeadNorm(heads, freqs, qk_dim, per_head)
+        self.value_norm = HeadNorm(heads, freqs, self.v_dim, per_head)
+        self.out = nn.Linear(dim, dim)
+        self.out_act = HeadPReLU(1)
+        self.out_norm = nn.LayerNorm([freqs, dim])
+
+    def _heads(self, x, linear, act, norm, dim):
+        b, t, f, _ = x.shape
+        y = linear(x).view(b, t, f, self.heads, dim).transpose(2, 3)  # [B, T, H, F, d]
+        y = norm(act(y))
+        return y.transpose(1, 2).reshape(b, self.heads, t, f * dim)  # [B, H, T, F*d]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, cache=None):
+        b, t, f, d = x.shape
+        q = self._heads(x, self.query, self.query_act, self.query_norm, self.qk_dim)
+        k = self._heads(context, self.key, self.key_act, self.key_norm, self.qk_dim)
+        v = self._heads(context, self.value, self.value_act, self.value_norm, self.v_dim)
+        past = 0
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)
+            v = torch.cat([cache[1], v], dim=2)
+            past = cache[0].shape[2]
+        # Query i sits at context position past + i and sees positions (past + i - window, past + i].
+        qpos = torch.arange(t, device=x.device).unsqueeze(1) + past
+        kpos = torch.arange(k.shape[2], device=x.device).unsqueeze(0)
+        mask = (kpos <= qpos) & (kpos > qpos - self.window)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, F*dv]
+        out = out.view(b, self.heads, t, f, self.v_dim).permute(0, 2, 3, 1, 4).reshape(b, t, f, d)
+        out = self.out_norm(self.out_act(self.out(out)))
+        keep = self.window - 1
+        new_cache = (k[:, :, -keep:], v[:, :, -keep:]) if keep > 0 else (k[:, :, :0], v[:, :, :0])
+        return out, new_cache
