@@ -82,7 +82,14 @@ class GridNetBlock(nn.Module):
         y, _ = self.intra_rnn(self.intra_norm(x).reshape(b * t, f, d))
         x = x + self.intra_proj(y).view(b, t, f, d)
         y = self.inter_norm(x).transpose(1, 2).reshape(b * f, t, d)
-        y, lstm_state = self.inter_rnn(y, state.get("lstm"))
+        if t == 1 and state.get("lstm") is not None:
+            # One streaming frame: a single LSTM cell call is much cheaper than nn.LSTM's setup.
+            rnn = self.inter_rnn
+            h, c = state["lstm"]
+            h, c = torch.lstm_cell(y[:, 0], (h[0], c[0]), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            y, lstm_state = h.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0))
+        else:
+            y, lstm_state = self.inter_rnn(y, state.get("lstm"))
         x = x + self.inter_proj(y).view(b, f, t, d).transpose(1, 2)
         new_state = {"lstm": lstm_state}
         if self.attention is not None:

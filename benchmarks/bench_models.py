@@ -1,0 +1,95 @@
+"""Benchmark the models: streaming latency per 8 ms chunk and training-step time and memory.
+
+    python benchmarks/bench_models.py                 # paper sizes, SS
+    python benchmarks/bench_models.py --skip-training
+
+Streaming runs with one thread and batch 1 (a device); training with two threads, batch 8 of
+4 s clips (the reference figures of issue #3). Peak memory is the process's maximum RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from kboost.models import PAPER_SIZES, BoostedPair, TFGridNet, count_parameters
+
+HOP = 128
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def streaming(task: str, chunks: int, delay: int) -> None:
+    torch.set_num_threads(1)
+    embedding = torch.randn(1, 256) if task == "tse" else None
+    small = TFGridNet(task, PAPER_SIZES["small"]).eval()
+    large = TFGridNet(task, PAPER_SIZES["large"]).eval()
+    pair = BoostedPair(TFGridNet(task, PAPER_SIZES["small"]), TFGridNet(task, PAPER_SIZES["large"]), delay).eval()
+    audio = torch.randn(1, 2, (chunks + 60) * HOP)
+
+    def run(step):
+        with torch.inference_mode():
+            for k in range(60):  # warm-up: fill caches as in steady state
+                step(audio[..., k * HOP:(k + 1) * HOP])
+            started = time.perf_counter()
+            for k in range(60, 60 + chunks):
+                step(audio[..., k * HOP:(k + 1) * HOP])
+        return (time.perf_counter() - started) / chunks * 1e3
+
+    results = {}
+    for name, model in (("small", small), ("large", large)):
+        state = model.initial_state()
+        results[name] = run(lambda c, m=model, s=state: m.step(c, s, embedding))
+    state = pair.initial_state()
+    hint = pair.remote_step(audio[..., :HOP], pair.initial_state(), embedding)  # a hint of the right shape
+    results["boosted small (device side, hint given)"] = run(lambda c: pair.device_step(c, hint, state, embedding))
+    for name, ms in results.items():
+        print(f"streaming {task} {name}: {ms:.2f} ms per 8 ms chunk (real-time factor {ms / 8:.3f}), 1 thread")
+
+
+def training(task: str, batch: int, seconds: float, sizes: list[str], steps: int) -> None:
+    torch.set_num_threads(2)
+    samples = int(seconds * 16000) // HOP * HOP
+    for name in sizes:
+        torch.manual_seed(0)
+        model = TFGridNet(task, PAPER_SIZES[name])
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+        audio = torch.randn(batch, 2, samples)
+        embedding = torch.randn(batch, 256) if task == "tse" else None
+        times = []
+        for _ in range(steps + 1):
+            started = time.perf_counter()
+            loss = model(audio, embedding).pow(2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            times.append(time.perf_counter() - started)
+        step = sum(times[1:]) / steps  # the first step includes one-off allocations
+        print(f"training {task} {name} ({count_parameters(model):,} params): {step:.2f} s per step of "
+              f"{batch} x {seconds:g} s clips, 2 threads ({batch / step:.2f} clips/s); peak RSS so far "
+              f"{_peak_rss_gib():.2f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="ss", choices=["se", "ss", "tse"])
+    parser.add_argument("--chunks", type=int, default=200, help="timed streaming chunks (default: %(default)s)")
+    parser.add_argument("--delay", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per model (default: %(default)s)")
+    parser.add_argument("--sizes", default="small,medium,large", help="models to train (default: %(default)s)")
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    streaming(args.task, args.chunks, args.delay)
+    if not args.skip_training:
+        training(args.task, args.batch, args.seconds, args.sizes.split(","), args.steps)
+
+
+if __name__ == "__main__":
+    main()
