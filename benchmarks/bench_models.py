@@ -4,12 +4,15 @@
     python benchmarks/bench_models.py --skip-training
 
 Streaming runs with one thread and batch 1 (a device); training with two threads, batch 8 of
-4 s clips (the reference figures of issue #3). Peak memory is the process's maximum RSS.
+4 s clips (the reference figures of issue #3), in float32 and with bfloat16 autocast; each\ntraining run is a fresh process whose peak RSS is reported.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -51,28 +54,38 @@ def streaming(task: str, chunks: int, delay: int) -> None:
         print(f"streaming {task} {name}: {ms:.2f} ms per 8 ms chunk (real-time factor {ms / 8:.3f}), 1 thread")
 
 
-def training(task: str, batch: int, seconds: float, sizes: list[str], steps: int) -> None:
+def training_step(task: str, batch: int, seconds: float, size: str, steps: int, precision: str) -> tuple[float, float]:
+    """Mean seconds per optimiser step and this process's peak RSS (GiB)."""
     torch.set_num_threads(2)
     samples = int(seconds * 16000) // HOP * HOP
-    for name in sizes:
-        torch.manual_seed(0)
-        model = TFGridNet(task, PAPER_SIZES[name])
-        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-        audio = torch.randn(batch, 2, samples)
-        embedding = torch.randn(batch, 256) if task == "tse" else None
-        times = []
-        for _ in range(steps + 1):
-            started = time.perf_counter()
-            loss = model(audio, embedding).pow(2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            times.append(time.perf_counter() - started)
-        step = sum(times[1:]) / steps  # the first step includes one-off allocations
-        print(f"training {task} {name} ({count_parameters(model):,} params): {step:.2f} s per step of "
-              f"{batch} x {seconds:g} s clips, 2 threads ({batch / step:.2f} clips/s); peak RSS so far "
-              f"{_peak_rss_gib():.2f} GiB")
+    torch.manual_seed(0)
+    model = TFGridNet(task, PAPER_SIZES[size])
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    audio = torch.randn(batch, 2, samples)
+    embedding = torch.randn(batch, 256) if task == "tse" else None
+    times = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(audio, embedding).float().pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        times.append(time.perf_counter() - started)
+    return sum(times[1:]) / steps, _peak_rss_gib()  # the first step includes one-off allocations
+
+
+def training(task: str, batch: int, seconds: float, sizes: list[str], steps: int, precisions: list[str]) -> None:
+    """Each (size, precision) in a fresh process, so peak memory is that model's own."""
+    for size in sizes:
+        for precision in precisions:
+            command = [sys.executable, __file__, "--one-training-step", size, precision, "--task", task,
+                       "--batch", str(batch), "--seconds", str(seconds), "--steps", str(steps)]
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            step, peak = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"training {task} {size} [{precision}]: {step:.2f} s per step of {batch} x {seconds:g} s clips, "
+                  f"2 threads ({batch / step:.2f} clips/s), peak RSS {peak:.2f} GiB")
 
 
 def main() -> None:
@@ -84,11 +97,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per model (default: %(default)s)")
     parser.add_argument("--sizes", default="small,medium,large", help="models to train (default: %(default)s)")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="training precisions: fp32 and/or bf16 autocast (default: %(default)s)")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-streaming", action="store_true")
+    parser.add_argument("--one-training-step", nargs=2, metavar=("SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    streaming(args.task, args.chunks, args.delay)
+    if args.one_training_step:
+        size, precision = args.one_training_step
+        print(json.dumps(training_step(args.task, args.batch, args.seconds, size, args.steps, precision)))
+        return
+    if not args.skip_streaming:
+        streaming(args.task, args.chunks, args.delay)
     if not args.skip_training:
-        training(args.task, args.batch, args.seconds, args.sizes.split(","), args.steps)
+        training(args.task, args.batch, args.seconds, args.sizes.split(","), args.steps, args.precisions.split(","))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class StftFrontEnd(nn.Module):
     # ---------------------------------------------------------------------------- synthesis
     def _frames(self, features: torch.Tensor) -> torch.Tensor:
         """[B, 2S, T, F] real/imag -> [B, S, T, 192] windowed time frames."""
+        if features.dtype in (torch.float16, torch.bfloat16):  # mixed precision: FFTs stay float32
+            features = features.float()
         real, imag = features.chunk(2, dim=1)
         return torch.fft.irfft(torch.complex(real, imag), n=N_FFT, dim=-1) * self.window.to(real.dtype)
 

@@ -92,7 +92,6 @@ class LocalAttention(nn.Module):
     self-attention). Q/K: Linear(D -> heads * qk_dim), PReLU, LayerNorm over (F, qk_dim);
     V: Linear(D -> D), PReLU, LayerNorm over (F, D / heads); output: Linear(D -> D), PReLU,
     LayerNorm over (F, D). A query at frame t sees context frames t - window + 1 .. t.
-    The cache holds the keys and values of the last ``window - 1`` context frames.
     """
 
     def __init__(self, dim: int, heads: int, qk_dim: int, freqs: int, window: int, per_head: bool):
@@ -119,27 +118,32 @@ class LocalAttention(nn.Module):
         return y.transpose(1, 2).reshape(b, self.heads, t, f * dim)  # [B, H, T, F*d]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, cache=None):
+        """``x``, ``context``: [B, T, F, D]. T > 1: a whole clip (masked). T == 1: one streaming
+        frame; ``cache`` is a ring buffer (keys, values, frames seen) of the last ``window``
+        context frames, updated in place (attention is order-free, so slots may wrap)."""
         b, t, f, d = x.shape
         q = self._heads(x, self.query, self.query_act, self.query_norm, self.qk_dim)
         k = self._heads(context, self.key, self.key_act, self.key_norm, self.qk_dim)
         v = self._heads(context, self.value, self.value_act, self.value_norm, self.v_dim)
-        past = 0
-        if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)
-            v = torch.cat([cache[1], v], dim=2)
-            past = cache[0].shape[2]
-        if t == 1 and k.shape[2] <= self.window:
-            # One streaming frame: every cached frame is inside the window, no mask needed.
-            weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
-            out = torch.matmul(weights, v)
+        if t == 1:
+            if cache is None:
+                keys = k.new_zeros(b, self.heads, self.window, k.shape[-1])
+                values = v.new_zeros(b, self.heads, self.window, v.shape[-1])
+                seen = 0
+            else:
+                keys, values, seen = cache
+            keys[:, :, seen % self.window] = k[:, :, 0]
+            values[:, :, seen % self.window] = v[:, :, 0]
+            valid = min(seen + 1, self.window)
+            scores = torch.matmul(q, keys[:, :, :valid].transpose(-2, -1)) * q.shape[-1] ** -0.5
+            out = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, :valid])
+            new_cache = (keys, values, seen + 1)
         else:
-            # Query i sits at context position past + i and sees positions (past + i - window, past + i].
-            qpos = torch.arange(t, device=x.device).unsqueeze(1) + past
-            kpos = torch.arange(k.shape[2], device=x.device).unsqueeze(0)
-            mask = (kpos <= qpos) & (kpos > qpos - self.window)
+            # Query t sees context frames (t - window, t].
+            position = torch.arange(t, device=x.device)
+            offset = position.unsqueeze(1) - position.unsqueeze(0)
+            mask = (offset >= 0) & (offset < self.window)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, F*dv]
+            new_cache = None
         out = out.view(b, self.heads, t, f, self.v_dim).permute(0, 2, 3, 1, 4).reshape(b, t, f, d)
-        out = self.out_norm(self.out_act(self.out(out)))
-        keep = self.window - 1
-        new_cache = (k[:, :, -keep:], v[:, :, -keep:]) if keep > 0 else (k[:, :, :0], v[:, :, :0])
-        return out, new_cache
+        return self.out_norm(self.out_act(self.out(out))), new_cache
