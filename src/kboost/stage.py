@@ -18,10 +18,13 @@ from .logs import setup_logging
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
     from .mixtures import SynthesisError
+    from .models.checkpoint import CheckpointError
+    from .models.gridnet import ModelInputError
     from .params import ParamsError
     from .sources.layout import CorpusError
 
-    errors: list[type[BaseException]] = [AudioError, SynthesisError, ParamsError, CorpusError]
+    errors: list[type[BaseException]] = [AudioError, SynthesisError, ParamsError, CorpusError,
+                                         CheckpointError, ModelInputError]
     try:
         from .download import DownloadError
         errors.append(DownloadError)
