@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd
 from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention
@@ -72,7 +71,6 @@ class GridNetBlock(nn.Module):
         self.inter_rnn = nn.LSTM(d, h, batch_first=True)
         self.inter_proj = nn.Linear(h, d)
         self.attention = None
-        self.checkpoint_attention = False
         if size.heads:
             qk = math.ceil(ATTENTION_QK / freqs)
             self.attention = LocalAttention(d, size.heads, qk, freqs, size.window, per_head=True)
@@ -95,12 +93,7 @@ class GridNetBlock(nn.Module):
         x = x + self.inter_proj(y).view(b, f, t, d).transpose(1, 2)
         new_state = {"lstm": lstm_state}
         if self.attention is not None:
-            if self.checkpoint_attention and torch.is_grad_enabled() and "attention" not in state:
-                # Training: recompute the attention in the backward pass instead of storing its
-                # per-frequency activations (saves memory on the large model for ~10% time).
-                y, new_state["attention"] = checkpoint(self.attention, x, x, None, use_reentrant=False)
-            else:
-                y, new_state["attention"] = self.attention(x, x, state.get("attention"))
+            y, new_state["attention"] = self.attention(x, x, state.get("attention"))
             x = x + y
         return x, new_state
 

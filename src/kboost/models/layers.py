@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 CAUSAL_FRAMES = 2  # the 3x3 convolutions see the current frame and two past ones
 
@@ -110,6 +111,7 @@ class LocalAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.out_act = HeadPReLU(1)
         self.out_norm = nn.LayerNorm([freqs, dim])
+        self.checkpoint_projections = True  # training only; see forward
 
     def _heads(self, x, linear, act, norm, dim):
         b, t, f, _ = x.shape
@@ -122,9 +124,15 @@ class LocalAttention(nn.Module):
         frame; ``cache`` is a ring buffer (keys, values, frames seen) of the last ``window``
         context frames, updated in place (attention is order-free, so slots may wrap)."""
         b, t, f, d = x.shape
-        q = self._heads(x, self.query, self.query_act, self.query_norm, self.qk_dim)
-        k = self._heads(context, self.key, self.key_act, self.key_norm, self.qk_dim)
-        v = self._heads(context, self.value, self.value_act, self.value_norm, self.v_dim)
+        project = self._heads
+        if self.checkpoint_projections and torch.is_grad_enabled() and t > 1:
+            # Training: recompute the cheap per-frequency projections (linear, PReLU, norm) in
+            # the backward pass instead of storing their intermediates; cuts peak memory.
+            def project(*args):
+                return checkpoint(self._heads, *args, use_reentrant=False)
+        q = project(x, self.query, self.query_act, self.query_norm, self.qk_dim)
+        k = project(context, self.key, self.key_act, self.key_norm, self.qk_dim)
+        v = project(context, self.value, self.value_act, self.value_norm, self.v_dim)
         if t == 1:
             if cache is None:
                 keys = k.new_zeros(b, self.heads, self.window, k.shape[-1])
@@ -146,4 +154,9 @@ class LocalAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, F*dv]
             new_cache = None
         out = out.view(b, self.heads, t, f, self.v_dim).permute(0, 2, 3, 1, 4).reshape(b, t, f, d)
-        return self.out_norm(self.out_act(self.out(out))), new_cache
+        if self.checkpoint_projections and torch.is_grad_enabled() and t > 1:
+            return checkpoint(self._output, out, use_reentrant=False), new_cache
+        return self._output(out), new_cache
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(self.out_act(self.out(out)))
