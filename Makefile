@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	python benchmarks/bench_mixtures.py
+	python benchmarks/bench_models.py
 
 clean-data:
 	rm -rf data/corpus data/mixtures
