@@ -8,7 +8,6 @@ Renders N mixtures of each task in one process (one core) from an existing corpu
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 from pathlib import Path

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from kboost.models import PAPER_SIZES, BoostedPair, TFGridNet, count_parameters
+from kboost.models import PAPER_SIZES, BoostedPair, TFGridNet
 
 HOP = 128
 

@@ -64,3 +64,13 @@ def make_corpus(root: Path, speakers=(4, 2, 2), utts=3, seconds=1.5, seed=0) -> 
 def tree_files(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative POSIX path -> bytes), for byte-identity checks."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def generate_with_one_and_two_workers(generate, cfg, seed, tmp_path_factory, name) -> tuple[Path, Path]:
+    """Run a corpus generator twice, with 1 and 2 workers, into fresh directories."""
+    runs = []
+    for workers in (1, 2):
+        out = tmp_path_factory.mktemp(f"{name}_{workers}")
+        generate(out, cfg, seed=seed, workers=workers)
+        runs.append(out)
+    return runs[0], runs[1]

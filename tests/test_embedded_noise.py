@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from fake_corpus import tree_files
+from fake_corpus import generate_with_one_and_two_workers, tree_files
 from kboost.audio import read_audio
 from kboost.sources import embedded_noise, embedded_speech, espeak
 from kboost.sources.layout import SPLITS, read_index
@@ -26,11 +25,7 @@ CFG = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    a = tmp_path_factory.mktemp("noise_a")
-    b = tmp_path_factory.mktemp("noise_b")
-    embedded_noise.generate(a, CFG, seed=11, workers=1)
-    embedded_noise.generate(b, CFG, seed=11, workers=2)
-    return a, b
+    return generate_with_one_and_two_workers(embedded_noise.generate, CFG, 11, tmp_path_factory, "noise")
 
 
 def test_layout_and_audio(runs):

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fake_corpus import tree_files
 from kboost.audio import read_audio
 from kboost.sources import embedded_rooms, layout
 from kboost.sources.measured_responses import direction_split
@@ -27,10 +27,6 @@ TINY = {
     "azimuth_bin_pattern": ["val", "train", "val", "test"],
 }
 DEFAULT_BINS = {k: v for k, v in TINY.items() if k not in ("azimuth_bin_deg", "azimuth_bin_pattern")}
-
-
-def _tree(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +101,11 @@ def test_deterministic_across_runs_and_workers(generated, tmp_path):
     again = tmp_path / "again"
     again.mkdir()
     embedded_rooms.generate(again, TINY, seed=7, workers=2)
-    assert _tree(again) == _tree(generated)
+    assert tree_files(again) == tree_files(generated)
     other = tmp_path / "other_seed"
     other.mkdir()
     embedded_rooms.generate(other, TINY, seed=8, workers=1)
-    assert _tree(other)["index.csv"] != _tree(generated)["index.csv"]
+    assert tree_files(other)["index.csv"] != tree_files(generated)["index.csv"]
 
 
 def test_default_bins_run(tmp_path):

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from fake_corpus import tree_files
+from fake_corpus import generate_with_one_and_two_workers, tree_files
 from kboost.audio import read_audio
 from kboost.sources import embedded_speech, espeak
 from kboost.sources.layout import SPLITS, read_index
@@ -27,11 +26,7 @@ CFG = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    a = tmp_path_factory.mktemp("speech_a")
-    b = tmp_path_factory.mktemp("speech_b")
-    embedded_speech.generate(a, CFG, seed=7, workers=1)
-    embedded_speech.generate(b, CFG, seed=7, workers=2)
-    return a, b
+    return generate_with_one_and_two_workers(embedded_speech.generate, CFG, 7, tmp_path_factory, "speech")
 
 
 def test_layout_and_audio(runs):

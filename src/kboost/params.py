@@ -125,8 +125,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict:
 def validate(params: dict, source: str = "params.yaml") -> None:
     check = _Checker(source)
     check.integer(params, "seed", minimum=0)
-    tasks = check.string_list(params, "tasks", allowed=TASKS)
-    del tasks
+    check.string_list(params, "tasks", allowed=TASKS)
     delays = check.value(params, "delays")
     if (not isinstance(delays, list) or not delays
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in delays)):

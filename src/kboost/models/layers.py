@@ -124,15 +124,16 @@ class LocalAttention(nn.Module):
         frame; ``cache`` is a ring buffer (keys, values, frames seen) of the last ``window``
         context frames, updated in place (attention is order-free, so slots may wrap)."""
         b, t, f, d = x.shape
-        project = self._heads
-        if self.checkpoint_projections and torch.is_grad_enabled() and t > 1:
-            # Training: recompute the cheap per-frequency projections (linear, PReLU, norm) in
-            # the backward pass instead of storing their intermediates; cuts peak memory.
-            def project(*args):
-                return checkpoint(self._heads, *args, use_reentrant=False)
-        q = project(x, self.query, self.query_act, self.query_norm, self.qk_dim)
-        k = project(context, self.key, self.key_act, self.key_norm, self.qk_dim)
-        v = project(context, self.value, self.value_act, self.value_norm, self.v_dim)
+        # Training: recompute the cheap per-frequency projections (linear, PReLU, norm) in the
+        # backward pass instead of storing their intermediates; cuts peak memory.
+        recompute = self.checkpoint_projections and torch.is_grad_enabled() and t > 1
+
+        def run(fn, *args):
+            return checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)
+
+        q = run(self._heads, x, self.query, self.query_act, self.query_norm, self.qk_dim)
+        k = run(self._heads, context, self.key, self.key_act, self.key_norm, self.qk_dim)
+        v = run(self._heads, context, self.value, self.value_act, self.value_norm, self.v_dim)
         if t == 1:
             if cache is None:
                 keys = k.new_zeros(b, self.heads, self.window, k.shape[-1])
@@ -154,9 +155,7 @@ class LocalAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, F*dv]
             new_cache = None
         out = out.view(b, self.heads, t, f, self.v_dim).permute(0, 2, 3, 1, 4).reshape(b, t, f, d)
-        if self.checkpoint_projections and torch.is_grad_enabled() and t > 1:
-            return checkpoint(self._output, out, use_reentrant=False), new_cache
-        return self._output(out), new_cache
+        return run(self._output, out), new_cache
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:
         return self.out_norm(self.out_act(self.out(out)))
