@@ -25,16 +25,19 @@ def read_audio(
     channels: int | None = None,
     resample: bool = False,
     allow_silent: bool = False,
+    start: int = 0,
+    frames: int = -1,
 ) -> np.ndarray:
     """Read ``path`` as float32, shape ``[channels, samples]``.
 
     ``sample_rate``: required rate; with ``resample`` other rates are converted, otherwise
-    a mismatch is an error. ``channels``: required channel count.
+    a mismatch is an error. ``channels``: required channel count. ``start`` / ``frames``
+    read only a segment (in the file's samples; -1 = to the end), without decoding the rest.
     Raises :class:`AudioError` naming the file on any problem.
     """
     path = Path(path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=start, frames=frames)
     except Exception as exc:  # soundfile raises several types; all mean "unreadable"
         raise AudioError(f"{path}: cannot read audio ({exc})") from exc
     audio = np.ascontiguousarray(data.T)

@@ -205,13 +205,14 @@ def _rms(x: np.ndarray) -> float:
 def _talker_image(row: dict, k: int, roots: dict) -> np.ndarray:
     rate, clip = row["sample_rate"], row["clip_samples"]
     path = Path(roots["speech"]) / row[f"t{k}_file"]
-    dry = read_audio(path, sample_rate=rate, channels=1)[0]
     start, seg = row[f"t{k}_src_start"], row[f"t{k}_samples"]
-    if start + seg > dry.size:
-        raise AudioError(f"{path}: has {dry.size} samples, shorter than its index entry says "
+    # Decode only the segment: LibriSpeech utterances run up to 35 s for a 5 s clip.
+    dry = read_audio(path, sample_rate=rate, channels=1, start=start, frames=seg)[0]
+    if dry.size < seg:
+        raise AudioError(f"{path}: has {start + dry.size} samples, shorter than its index entry says "
                          f"(needs {start + seg}); regenerate the speech index")
     segment = np.zeros(clip, dtype=np.float64)
-    segment[row[f"t{k}_dst_start"]:row[f"t{k}_dst_start"] + seg] = dry[start:start + seg]
+    segment[row[f"t{k}_dst_start"]:row[f"t{k}_dst_start"] + seg] = dry
     if _rms(segment) < SILENCE_RMS:
         raise AudioError(f"{path}: samples {start}..{start + seg} are silent; cannot set a talker level")
     response = read_audio(Path(roots["responses"]) / row[f"t{k}_response_file"], sample_rate=rate, channels=2)
