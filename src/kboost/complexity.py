@@ -10,10 +10,10 @@ Counter: ptflops 0.7.5's per-module hooks (``ptflops.pytorch_ops.MODULES_MAPPING
 We attach the hooks ourselves instead of calling ``get_model_complexity_info``, because
 (1) ptflops stops descending at any module it has a hook for, so a hook on ``LocalAttention``
 for its attention products would hide its projections; (2) we need to count only some modules
-of a run (the device side of a boosted pair while the remote side also runs); (3) two streaming
-code paths bypass ``nn.Module`` calls: the inter-frame LSTM runs ``torch.lstm_cell`` with the
-``nn.LSTM``'s weights, and the causal output layer runs ``F.conv2d`` with the
-``nn.ConvTranspose2d``'s weights. Both are counted here with ptflops' own formulas.
+of a run (the device side of a boosted pair while the remote side also runs); (3) the causal
+output layer runs ``F.conv2d`` with the ``nn.ConvTranspose2d``'s weights, counted here with
+ptflops' formula. The inter-frame ``StreamingLSTM`` (an nn.LSTM that runs one fused cell per
+streaming frame) is registered with ptflops' nn.LSTM rule, which counts one step the same way.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from ptflops.pytorch_ops import MODULES_MAPPING, rnn_flops
+from ptflops.pytorch_ops import MODULES_MAPPING
 from torch import nn
 
 from .models import BoostedPair, GridNetSize, TFGridNet, count_parameters
 from .models.frontend import HOP, SAMPLE_RATE, StftFrontEnd
 from .models.gridnet import EMBEDDING_DIM, MICS
-from .models.layers import CausalConvTranspose2d, HeadNorm, HeadPReLU, LocalAttention
+from .models.layers import CausalConvTranspose2d, HeadNorm, HeadPReLU, LocalAttention, StreamingLSTM
 
 CHUNKS_PER_SECOND = SAMPLE_RATE // HOP  # 125
 WARMUP_CHUNKS = 60
@@ -107,22 +107,16 @@ CUSTOM_HOOKS = {
     LocalAttention: _attention_hook,
     CausalConvTranspose2d: _causal_deconv_hook,
 }
+# Our streaming LSTM is an nn.LSTM; give ptflops (also its get_model_complexity_info) its rule.
+MODULES_MAPPING.setdefault(StreamingLSTM, MODULES_MAPPING[nn.LSTM])
 # Modules that do run but whose work is not counted (see CONVENTION["not_counted"]).
 UNCOUNTED = (StftFrontEnd,)
 
 CATEGORIES = {
     nn.Conv2d: "conv", CausalConvTranspose2d: "conv", nn.ConvTranspose2d: "conv",
-    nn.LSTM: "lstm", nn.Linear: "linear", LocalAttention: "attention_products",
+    nn.LSTM: "lstm", StreamingLSTM: "lstm", nn.Linear: "linear", LocalAttention: "attention_products",
     nn.LayerNorm: "norm", HeadNorm: "norm", HeadPReLU: "activation",
 }
-
-
-def _lstm_cell_macs(lstm: nn.LSTM, rows: int) -> int:
-    """ptflops' nn.LSTM count of one step of one direction, for ``rows`` sequences."""
-    macs = rnn_flops(0, lstm, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.input_size)
-    if lstm.bias:
-        macs += lstm.bias_ih_l0.shape[0] + lstm.bias_hh_l0.shape[0]
-    return int(macs * rows)
 
 
 class MacCounter:
@@ -137,8 +131,6 @@ class MacCounter:
         self.groups = {name: list(mods) for name, mods in groups.items()}
         self._macs: dict[tuple[str, str], int] = defaultdict(int)
         self._handles: list = []
-        self._lstms: dict[int, tuple[str, nn.LSTM]] = {}
-        self._original_cell = None
 
     def _hook_for(self, module):
         kind = type(module)
@@ -167,26 +159,12 @@ class MacCounter:
                     hook = self._hook_for(module)
                     if hook is not None:
                         self._add(group, module, hook)
-                        if isinstance(module, nn.LSTM):
-                            self._lstms[id(module.weight_ih_l0)] = (group, module)
                     elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)) \
                             and not isinstance(module, UNCOUNTED):
                         raise TypeError(f"MAC counter: no rule for {type(module).__name__}")
-        self._original_cell = torch.lstm_cell
-        original, lstms, macs = self._original_cell, self._lstms, self._macs
-
-        def lstm_cell(inputs, hx, w_ih, *args, **kwargs):
-            owner = lstms.get(id(w_ih))
-            if owner is not None:
-                group, lstm = owner
-                macs[group, "lstm"] += _lstm_cell_macs(lstm, inputs.shape[0] if inputs.dim() > 1 else 1)
-            return original(inputs, hx, w_ih, *args, **kwargs)
-
-        torch.lstm_cell = lstm_cell
         return self
 
     def __exit__(self, *exc) -> None:
-        torch.lstm_cell = self._original_cell
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

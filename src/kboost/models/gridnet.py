@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd
-from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention
+from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention, StreamingLSTM
 
 MICS = 2
 EMBEDDING_DIM = 256
@@ -68,7 +68,7 @@ class GridNetBlock(nn.Module):
         self.intra_rnn = nn.LSTM(d, h, batch_first=True, bidirectional=True)
         self.intra_proj = nn.Linear(2 * h, d)  # = ConvTranspose1d(2H -> D, kernel 1)
         self.inter_norm = nn.LayerNorm(d)
-        self.inter_rnn = nn.LSTM(d, h, batch_first=True)
+        self.inter_rnn = StreamingLSTM(d, h)
         self.inter_proj = nn.Linear(h, d)
         self.attention = None
         if size.heads:
@@ -82,14 +82,7 @@ class GridNetBlock(nn.Module):
         y, _ = self.intra_rnn(self.intra_norm(x).reshape(b * t, f, d))
         x = x + self.intra_proj(y).view(b, t, f, d)
         y = self.inter_norm(x).transpose(1, 2).reshape(b * f, t, d)
-        if t == 1 and state.get("lstm") is not None:
-            # One streaming frame: a single LSTM cell call is much cheaper than nn.LSTM's setup.
-            rnn = self.inter_rnn
-            h, c = state["lstm"]
-            h, c = torch.lstm_cell(y[:, 0], (h[0], c[0]), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            y, lstm_state = h.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0))
-        else:
-            y, lstm_state = self.inter_rnn(y, state.get("lstm"))
+        y, lstm_state = self.inter_rnn(y, state.get("lstm"))
         x = x + self.inter_proj(y).view(b, f, t, d).transpose(1, 2)
         new_state = {"lstm": lstm_state}
         if self.attention is not None:
