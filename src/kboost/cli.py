@@ -8,8 +8,6 @@ the traceback).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -247,29 +245,22 @@ def stream_file(model, audio, embedding=None):
     padded[0, :, :samples] = torch.from_numpy(audio)
     emb = None if embedding is None else torch.as_tensor(embedding, dtype=torch.float32)
     outputs = []
-    timing = {}
-    if isinstance(model, BoostedPair):
-        # Time the device side inside BoostedPair.step: an instance attribute shadows the method.
-        timing["device"] = 0.0
-        device_step = model.device_step
-
-        def timed_device_step(*args, **kwargs):
-            started = time.perf_counter()
-            result = device_step(*args, **kwargs)
-            timing["device"] += time.perf_counter() - started
-            return result
-
-        model.device_step = timed_device_step
-    try:
-        with torch.inference_mode():
-            state = model.initial_state(1)
-            started = time.perf_counter()
-            for k in range(chunks):
-                out, state = model.step(padded[..., k * HOP:(k + 1) * HOP], state, emb)
-                outputs.append(out)
-            timing["total"] = time.perf_counter() - started
-    finally:
-        model.__dict__.pop("device_step", None)
+    boosted = isinstance(model, BoostedPair)
+    timing = {"device": 0.0} if boosted else {}
+    with torch.inference_mode():
+        state = model.initial_state(1)
+        started = time.perf_counter()
+        for k in range(chunks):
+            chunk = padded[..., k * HOP:(k + 1) * HOP]
+            if boosted:  # the two sides separately, to time the device side on its own
+                hint = model.deliver(model.remote_step(chunk, state, emb), state)
+                device_started = time.perf_counter()
+                out = model.device_step(chunk, hint, state, emb)
+                timing["device"] += time.perf_counter() - device_started
+            else:
+                out, state = model.step(chunk, state, emb)
+            outputs.append(out)
+        timing["total"] = time.perf_counter() - started
     out = torch.cat(outputs, dim=-1)[..., LOOKAHEAD: LOOKAHEAD + samples]  # [1, sources, 2, N]
     return out.reshape(-1, samples).numpy(), timing, chunks
 
@@ -303,24 +294,12 @@ def stream_command(args) -> None:
 
 
 # ------------------------------------------------------------------------------------ main
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .models import ModelInputError
-    from .models.checkpoint import CheckpointError
-
-    return (AudioError, ModelInputError, CheckpointError, CliError)
-
-
 def main(argv: list[str] | None = None) -> None:
+    from .stage import exit_on_user_error
+
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error(extra=(CliError,)):
         args.handler(args)
-    except _user_errors() as exc:
-        if os.environ.get("KBOOST_DEBUG"):
-            raise
-        message = " ".join(str(exc).split())  # one line
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

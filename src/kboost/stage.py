@@ -6,42 +6,45 @@ and keeps its traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from .logs import setup_logging
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
+    from .download import DownloadError
     from .mixtures import SynthesisError
     from .models.checkpoint import CheckpointError
     from .models.gridnet import ModelInputError
     from .params import ParamsError
     from .sources.layout import CorpusError
 
-    errors: list[type[BaseException]] = [AudioError, SynthesisError, ParamsError, CorpusError,
-                                         CheckpointError, ModelInputError]
+    return (AudioError, DownloadError, SynthesisError, ParamsError, CorpusError, CheckpointError, ModelInputError)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(prefix: str = "", extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Turn a user-facing error into ``error: <prefix><message>`` on one line and exit status 2."""
     try:
-        from .download import DownloadError
-        errors.append(DownloadError)
-    except ImportError:  # pragma: no cover - the downloader is optional for the embedded default
-        pass
-    return tuple(errors)
+        yield
+    except _user_errors() + tuple(extra) as exc:
+        if os.environ.get("KBOOST_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        print(f"error: {prefix}{message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(main: Callable[[], None], name: str) -> None:
     setup_logging()
     log = logging.getLogger(name)
     started = time.perf_counter()
-    try:
+    with exit_on_user_error(f"{name}: "):
         main()
-    except _user_errors() as exc:
-        if os.environ.get("KBOOST_DEBUG"):
-            raise
-        print(f"error: {name}: {exc}", file=sys.stderr)
-        sys.exit(2)
     log.info("%s finished in %.1f s", name, time.perf_counter() - started)

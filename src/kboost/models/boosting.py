@@ -152,9 +152,12 @@ class BoostedPair(nn.Module):
         check_audio(chunk, chunk=True)
         check_embedding(self.task, chunk, embedding)
         sent = self.remote_step(chunk if large_chunk is None else large_chunk, state, embedding)
+        return self.device_step(chunk, self.deliver(sent, state), state, embedding), state
+
+    def deliver(self, sent: torch.Tensor, state: dict) -> torch.Tensor:
+        """The network: queue the hint just sent; return the one arriving now, ``delay`` chunks
+        old (zeros until the first one arrives)."""
         state["fifo"].append(sent)
         if len(state["fifo"]) > self.delay:
-            arrived = state["fifo"].pop(0)
-        else:
-            arrived = torch.zeros_like(sent)
-        return self.device_step(chunk, arrived, state, embedding), state
+            return state["fifo"].pop(0)
+        return torch.zeros_like(sent)
