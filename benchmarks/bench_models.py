@@ -4,7 +4,8 @@
     python benchmarks/bench_models.py --skip-training
 
 Streaming runs with one thread and batch 1 (a device); training with two threads, batch 8 of
-4 s clips (the reference figures of issue #3), in float32 and with bfloat16 autocast; each\ntraining run is a fresh process whose peak RSS is reported.
+4 s clips (the reference figures of issue #3), in float32 and with bfloat16 autocast; each
+training run is a fresh process whose peak RSS is reported.
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ import time
 
 import torch
 
-from kboost.models import PAPER_SIZES, BoostedPair, TFGridNet
-
-HOP = 128
+from kboost.models import HOP, PAPER_SIZES, BoostedPair, TFGridNet
 
 
 def _peak_rss_gib() -> float:
@@ -31,7 +30,7 @@ def streaming(task: str, chunks: int, delay: int) -> None:
     embedding = torch.randn(1, 256) if task == "tse" else None
     small = TFGridNet(task, PAPER_SIZES["small"]).eval()
     large = TFGridNet(task, PAPER_SIZES["large"]).eval()
-    pair = BoostedPair(TFGridNet(task, PAPER_SIZES["small"]), TFGridNet(task, PAPER_SIZES["large"]), delay).eval()
+    pair = BoostedPair(small, large, delay).eval()  # the vanilla models run on their own state below
     audio = torch.randn(1, 2, (chunks + 60) * HOP)
 
     def run(step):

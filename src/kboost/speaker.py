@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 
-EMBEDDING_DIM = 256
 _encoder = None
 
 

@@ -39,6 +39,7 @@ class Compression(nn.Module):
         super().__init__()
         if factor not in COMPRESSIONS or channels % factor:
             raise ValueError(f"compression factor must be one of {COMPRESSIONS} and divide {channels}, got {factor}")
+        self.factor = factor
         self.out_channels = channels // factor
         self.conv = CausalConv2d(channels, self.out_channels)
 

@@ -68,7 +68,7 @@ def build_boosted(task: str, small_size: GridNetSize, large_size: GridNetSize,
 
 def compression_factor(pair: BoostedPair) -> int:
     """The compression factor P of a boosted pair (hint channels 2 n_out -> 2 n_out / P)."""
-    return (2 * pair.large.n_outputs) // pair.compression.out_channels
+    return pair.compression.factor
 
 
 def describe(model: nn.Module) -> dict:
