@@ -53,13 +53,13 @@ wall_margin_m: 0.5                   minimum distance of head and sources from a
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 
 
+from ..download import file_digest
 from ..fsutil import write_json
 from ..parallel import map_ordered
 from ..params import EMBEDDED_RESPONSE_SETS
@@ -222,10 +222,6 @@ def _ears():
     return _CACHE["ears"]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 # --------------------------------------------------------------------------- simulation
 def _head_frame_vector(az_deg: float, el_deg: float) -> np.ndarray:
     a, e = math.radians(az_deg), math.radians(el_deg)
@@ -377,7 +373,7 @@ def generate(out_dir: Path, cfg: dict, seed: int, workers: int = 1) -> None:
         "cfg": cfg,
         "seed": int(seed),
         "sets": list(SETS),
-        "sofa": {"file": SOFA_PATH.name, "sha256": _sha256(SOFA_PATH)},
+        "sofa": {"file": SOFA_PATH.name, "sha256": file_digest(SOFA_PATH)},
         "attribution": ATTRIBUTION,
         "normalisation": "peak of both ears = 1.0 (one gain per response)",
         "simulator": f"pyroomacoustics {pyroomacoustics.__version__} (image sources, max_order {cfg['max_order']})",

@@ -113,3 +113,12 @@ def split_caps(value) -> dict[str, int]:
     if isinstance(value, int):
         return {s: value for s in SPLITS}
     return {s: int(v) for s, v in dict(value).items() if v is not None}
+
+
+def stable_subset(items: list, count: int, key) -> list:
+    """``count`` items chosen by a hash of ``key(item)`` (a string id): deterministic, spread
+    evenly over speakers or folders, returned in id order."""
+    import hashlib
+
+    ranked = sorted(items, key=lambda item: hashlib.sha256(key(item).encode()).hexdigest())
+    return sorted(ranked[:count], key=key)

@@ -14,7 +14,6 @@ archive), ``retries`` / ``backoff`` / ``timeout`` (passed to fetch).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from ..audio import AudioError
 from ..download import DownloadError, extract_once, fetch, fetch_options, recorded_checksum
 from ..fsutil import atomic_dir, write_json
 from ..parallel import map_ordered
-from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, write_index
+from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, stable_subset, write_index
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def prepare(
             log.info("%s: dropped %d utterance(s) shorter than %.2f s", subset, len(probed) - len(kept), min_seconds)
         cap = caps.get(split)
         if cap is not None and len(kept) > cap:
-            kept = _stable_subset(kept, cap)
+            kept = stable_subset(kept, cap, key=lambda u: u.utt_id)
         if not kept:
             raise CorpusError(f"LibriSpeech {subset}: no utterances left for split {split!r}")
         utterances.extend(kept)
@@ -184,11 +183,5 @@ def _probe(utt: Utterance) -> Utterance:
         raise AudioError(f"{utt.source}: audio is empty")
     return Utterance(utt.utt_id, utt.speaker_id, utt.split, utt.source, utt.text,
                      info.frames / info.samplerate)
-
-
-def _stable_subset(items: list[Utterance], count: int) -> list[Utterance]:
-    """``count`` items chosen by a hash of their id: deterministic, spread over speakers."""
-    ranked = sorted(items, key=lambda u: hashlib.sha256(u.utt_id.encode()).hexdigest())
-    return sorted(ranked[:count], key=lambda u: u.utt_id)
 
 

@@ -13,7 +13,6 @@ the computed SHA-256 is recorded in source.json), optional ``retries`` / ``backo
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from ..audio import read_audio, write_audio
 from ..download import DownloadError, extract_once, fetch, fetch_options, recorded_checksum
 from ..fsutil import atomic_dir, write_json
 from ..parallel import map_ordered
-from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, write_index
+from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, stable_subset, write_index
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,7 @@ def prepare(
         items = [(split, f"{folder}_{f.stem}", f) for f in files]
         cap = caps.get(split)
         if cap is not None and len(items) > cap:
-            ranked = sorted(items, key=lambda j: hashlib.sha256(j[1].encode()).hexdigest())
-            items = sorted(ranked[:cap], key=lambda j: j[1])
+            items = stable_subset(items, cap, key=lambda j: j[1])
         jobs.extend(items)
 
     with atomic_dir(out_dir) as tmp:
