@@ -354,16 +354,16 @@ def _extract_tar(archive: Path, root: Path) -> None:
 def _extract_zip(archive: Path, root: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
+        paths = []
         for info in infos:  # check every member before writing anything
-            _safe_member_path(archive, info.filename)
+            paths.append(_safe_member_path(archive, info.filename))
             mode = info.external_attr >> 16
             kind = stat.S_IFMT(mode)
             if stat.S_ISLNK(mode):
                 raise DownloadError(f"{archive}: unsafe member {info.filename!r} (symbolic link)")
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise DownloadError(f"{archive}: unsafe member {info.filename!r} (special file)")
-        for info in infos:
-            rel = _safe_member_path(archive, info.filename)
+        for info, rel in zip(infos, paths):
             # zipfile checks each member's CRC while it is read.
             _write_member(root, rel, None if info.is_dir() or rel is None else zf.open(info))
 

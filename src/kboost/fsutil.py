@@ -44,15 +44,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
-
-    ``suffix`` keeps the file extension (soundfile picks the format from it).
-    """
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``, with its extension (soundfile picks the format
+    from it); rename it onto ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = target.suffix if suffix is None else suffix
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=suffix, dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -21,8 +21,6 @@ def map_ordered(
     workers: int = 1,
     desc: str = "",
     unit: str = "item",
-    initializer: Callable[..., None] | None = None,
-    initargs: Iterable = (),
     chunksize: int | None = None,
     threads: bool = False,
     progress: bool = True,
@@ -45,8 +43,6 @@ def map_ordered(
                     bar.update()
             return results
         if workers <= 1 or len(items) <= 1:
-            if initializer is not None:
-                initializer(*initargs)
             results = []
             for item in items:
                 results.append(function(item))
@@ -55,7 +51,7 @@ def map_ordered(
         if chunksize is None:
             chunksize = max(1, min(16, len(items) // (workers * 8)))
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=initializer, initargs=tuple(initargs)) as pool:
+        with context.Pool(workers) as pool:
             results = []
             for result in pool.imap(function, items, chunksize=chunksize):
                 results.append(result)

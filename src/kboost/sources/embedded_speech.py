@@ -25,13 +25,13 @@ keyed by speaker, so the files are byte-identical across runs and for any ``work
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..audio import write_audio
+from ..download import file_digest
 from ..fsutil import write_json
 from ..parallel import map_ordered
 from . import espeak
@@ -192,7 +192,7 @@ def generate(out_dir: Path, cfg: dict, seed: int, workers: int = 1) -> None:
         "cfg": cfg,
         "seed": int(seed),
         "espeak_ng_version": espeak.version(),
-        "sentences_sha256": hashlib.sha256(SENTENCES_PATH.read_bytes()).hexdigest(),
+        "sentences_sha256": file_digest(SENTENCES_PATH),
         "sentences_per_split": {s: len(subsets[s]) for s in SPLITS},
         "target_rms_dbfs": TARGET_RMS_DBFS,
         "peak_limit": PEAK_LIMIT,

@@ -203,7 +203,8 @@ def _variant_set() -> frozenset[str]:
     return frozenset(available_variants())
 
 
-def nondeterministic_variants() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def nondeterministic_variants() -> tuple[str, ...]:
     """Shipped variants whose output is not reproducible across processes (breath noise)."""
     folder = data_path() / "voices" / "!v"
     found = []
@@ -213,7 +214,7 @@ def nondeterministic_variants() -> list[str]:
             if fields and fields[0] == "breath" and any(f.lstrip("-").isdigit() and int(f) for f in fields[1:]):
                 found.append(path.name)
                 break
-    return found
+    return tuple(found)
 
 
 def _trim(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -270,12 +271,7 @@ def speaker_pool(
         raise ValueError(f"speaker_pool: pitch_range must satisfy 0 <= lo <= hi <= 99, got {list(pitch_range)}")
     if not 80 <= r_lo <= r_hi <= 450:
         raise ValueError(f"speaker_pool: rate_range must satisfy 80 <= lo <= hi <= 450, got {list(rate_range)}")
-    known, unstable = set(available_variants()), set(nondeterministic_variants())
-    for variant in variants:
-        if variant and variant not in known:
-            raise ValueError(f"speaker_pool: unknown espeak variant {variant!r}; shipped variants: {sorted(known)}")
-        if variant in unstable:
-            raise ValueError(f"speaker_pool: variant {variant!r} adds breath noise that is not reproducible; choose another")
+    check_variants(variants, "speaker_pool: variants")
     if len(set(voices)) != len(voices) or len(set(variants)) != len(variants):
         raise ValueError("speaker_pool: voices and variants must not contain duplicates")
     space = len(voices) * len(variants) * (p_hi - p_lo + 1) * (r_hi - r_lo + 1)
@@ -301,10 +297,9 @@ def speaker_pool(
 
 def check_variants(variants: list[str], key: str) -> None:
     """Raise ValueError (naming ``key``) for unknown variants or ones whose output varies run to run."""
-    known = set(available_variants())
     unstable = set(nondeterministic_variants())
     for variant in variants:
-        if variant and variant not in known:
+        if variant and variant not in _variant_set():
             raise ValueError(f"{key}: unknown espeak variant {variant!r}")
         if variant in unstable:
             raise ValueError(f"{key}: variant {variant!r} is not reproducible (breath noise); remove it")

@@ -25,13 +25,12 @@ from ..audio import read_audio, write_audio
 from ..download import DownloadError, extract_once, fetch, fetch_options, recorded_checksum
 from ..fsutil import atomic_dir, write_json
 from ..parallel import map_ordered
-from .layout import SAMPLE_RATE, SPLITS, CorpusError, split_caps, stable_subset, write_index
+from .layout import CHANNELS, SAMPLE_RATE, SPLITS, CorpusError, split_caps, stable_subset, write_index
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = {"train": "tr", "val": "cv", "test": "tt"}
 KIND = "wham"
-CHANNELS = 2
 PEAK = 0.999  # 16-bit FLAC cannot hold |x| >= 1; louder files are scaled down (level is set later by SNR)
 
 
@@ -79,7 +78,7 @@ def prepare(
     with atomic_dir(out_dir) as tmp:
         def convert(job: tuple[str, str, Path]) -> dict:
             split, noise_id, source = job
-            audio = read_audio(source, sample_rate=SAMPLE_RATE, channels=CHANNELS, resample=True)
+            audio = read_audio(source, sample_rate=SAMPLE_RATE, channels=CHANNELS["noise"], resample=True)
             peak = float(np.max(np.abs(audio)))
             if peak >= 1.0:
                 audio = audio * np.float32(PEAK / peak)
