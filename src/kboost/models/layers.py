@@ -15,6 +15,15 @@ from torch.utils.checkpoint import checkpoint
 CAUSAL_FRAMES = 2  # the 3x3 convolutions see the current frame and two past ones
 
 
+def with_history(x: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [B, C, T, F] preceded by the two buffered past frames (zeros at the start), and the
+    buffer for the next call (its last two frames)."""
+    if buffer is None:
+        buffer = x.new_zeros(x.shape[0], x.shape[1], CAUSAL_FRAMES, x.shape[3])
+    padded = torch.cat([buffer, x], dim=2)
+    return padded, padded[:, :, -CAUSAL_FRAMES:]
+
+
 class CausalConv2d(nn.Module):
     """Conv2d with a 3 (time) x 3 (freq) kernel, frequency padding 1 and a 2-frame causal buffer.
 
@@ -26,10 +35,8 @@ class CausalConv2d(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, (CAUSAL_FRAMES + 1, 3), padding=(0, 1))
 
     def forward(self, x: torch.Tensor, buffer: torch.Tensor | None = None):
-        if buffer is None:
-            buffer = x.new_zeros(x.shape[0], x.shape[1], CAUSAL_FRAMES, x.shape[3])
-        padded = torch.cat([buffer, x], dim=2)
-        return self.conv(padded), padded[:, :, -CAUSAL_FRAMES:]
+        padded, buffer = with_history(x, buffer)
+        return self.conv(padded), buffer
 
 
 class CausalConvTranspose2d(nn.Module):
@@ -41,15 +48,12 @@ class CausalConvTranspose2d(nn.Module):
         self.deconv = nn.ConvTranspose2d(in_channels, out_channels, (CAUSAL_FRAMES + 1, 3), padding=(0, 1))
 
     def forward(self, x: torch.Tensor, buffer: torch.Tensor | None = None):
-        if buffer is None:
-            buffer = x.new_zeros(x.shape[0], x.shape[1], CAUSAL_FRAMES, x.shape[3])
-        padded = torch.cat([buffer, x], dim=2)
+        padded, buffer = with_history(x, buffer)
         # A stride-1 transposed convolution is a convolution with the kernel flipped and its
         # in/out channels swapped; over [2 past frames, x] without time padding it yields exactly
         # the causal outputs (frame t from inputs t, t-1, t-2), and runs much faster on CPU.
         weight = self.deconv.weight.transpose(0, 1).flip(2, 3)
-        out = F.conv2d(padded, weight, self.deconv.bias, padding=(0, 1))
-        return out, padded[:, :, -CAUSAL_FRAMES:]
+        return F.conv2d(padded, weight, self.deconv.bias, padding=(0, 1)), buffer
 
 
 class StreamingLSTM(nn.LSTM):
