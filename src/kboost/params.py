@@ -148,10 +148,41 @@ def validate(params: dict, source: str = "params.yaml") -> None:
     for name, profile in profiles.items():
         _validate_profile(check, profile, f"profiles.{name}.", measured_sets)
     model = check.section(params, "model")
-    check.choice(model, "compression", COMPRESSIONS, "model.")
+    compression = check.choice(model, "compression", COMPRESSIONS, "model.")
+    _validate_train(check, check.section(params, "train"))
+    _validate_ablation(check, check.section(params, "ablation"), delays, compression)
     _validate_data(check, check.section(params, "data"))
     _validate_embedded(check, check.section(params, "embedded"))
     _validate_real(check, check.section(params, "real"))
+
+
+def _validate_train(check: _Checker, train: dict) -> None:
+    p = "train."
+    for key in ("lr", "lr_factor", "min_lr", "clip_norm"):
+        check.number(train, key, p, positive=True)
+    if train["lr_factor"] >= 1:
+        check.fail("train.lr_factor", f"must be below 1 (the learning rate is multiplied by it), got {train['lr_factor']}")
+    check.integer(train, "lr_patience", p, minimum=0)
+    check.integer(train, "batch_size", p, minimum=1)
+    if not isinstance(check.value(train, "mixed_precision", p), bool):
+        check.fail("train.mixed_precision", f"must be true or false, got {train['mixed_precision']!r}")
+
+
+def _validate_ablation(check: _Checker, ablation: dict, delays: list, compression: int) -> None:
+    values = check.value(ablation, "compressions", "ablation.")
+    if not isinstance(values, list) or any(v not in COMPRESSIONS for v in values) or len(set(values)) != len(values):
+        check.fail("ablation.compressions", f"must be a list of distinct factors from {list(COMPRESSIONS)}, got {values!r}")
+    if compression in values:
+        check.fail("ablation.compressions", f"P = {compression} is model.compression, which the main boosted runs "
+                                            f"already train; list only the other factors")
+    ablation_delays = check.value(ablation, "delays", "ablation.")
+    if not isinstance(ablation_delays, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                        for d in ablation_delays):
+        check.fail("ablation.delays", f"must be a list of delays in chunks, got {ablation_delays!r}")
+    missing = [d for d in ablation_delays if d not in delays]
+    if missing:
+        check.fail("ablation.delays", f"{missing} not in delays {delays}: the ablation compares against the main "
+                                      f"runs at the same delay; add them to delays too")
 
 
 def _validate_data(check: _Checker, data: dict) -> None:
@@ -247,6 +278,26 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     check.per_split(emb, "rooms", pe)
     check.integer(emb, "directions_per_room", pe, minimum=2)
     check.per_split(emb, "anechoic_directions", pe, minimum=2)
+    train = check.section(profile, "train", prefix)
+    pt = f"{prefix}train."
+    check.integer(train, "vanilla_epochs", pt, minimum=1)
+    check.integer(train, "boosted_epochs", pt, minimum=1)
+    if check.value(train, "crop_seconds", pt) is not None:
+        crop = check.number(train, "crop_seconds", pt, positive=True)
+        if crop * 16000 < CHUNK_SAMPLES:
+            check.fail(f"{pt}crop_seconds", f"must hold at least one 8 ms chunk, got {crop} s")
+    for key in ("train_mixtures", "val_mixtures"):
+        if check.value(train, key, pt) is not None:
+            check.integer(train, key, pt, minimum=1)
+    check.integer(train, "threads", pt, minimum=0)
+    check.integer(train, "loader_workers", pt, minimum=0)
+    ev = check.section(profile, "eval", prefix)
+    pv = f"{prefix}eval."
+    if check.value(ev, "test_mixtures", pv) is not None:
+        check.integer(ev, "test_mixtures", pv, minimum=1)
+    check.integer(ev, "batch_size", pv, minimum=1)
+    check.integer(ev, "workers", pv, minimum=1)
+    check.integer(ev, "threads", pv, minimum=0)
 
 
 def active_profile(params: dict) -> dict:

@@ -11,7 +11,8 @@ loads with ``torch.load(..., weights_only=True)`` (no pickled code)::
      "delay": int | None,                           # boosted: hint delay in chunks (8 ms each)
      "compression": int | None,                     # boosted: compression factor P
      "meta": {...},                                 # JSON-able: epoch, metrics, resolved params
-     "state_dict": model.state_dict()}              # tensors, moved to the CPU
+     "state_dict": model.state_dict(),              # tensors, moved to the CPU
+     "training": {"optimiser": ..., "scheduler": ...}}  # optional: what resuming needs (last.pt)
 
 The model is rebuilt from the stored sizes, so loading needs no params.yaml.
 """
@@ -90,8 +91,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------- save
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None = None) -> None:
-    """Write ``model`` and ``meta`` (plain JSON-able values) to ``path`` atomically."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None = None,
+                    training: dict | None = None) -> None:
+    """Write ``model`` and ``meta`` (plain JSON-able values) to ``path`` atomically; ``training``
+    (optimiser and scheduler state dicts) makes it a checkpoint a run can resume from."""
     path = Path(path)
     meta = {} if meta is None else meta
     try:
@@ -103,6 +106,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None
     model = _unwrap(model)
     payload = {"format": FORMAT, **describe(model), "meta": meta,
                "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()}}
+    if training is not None:
+        payload["training"] = training
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
 

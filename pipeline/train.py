@@ -1,0 +1,39 @@
+"""DVC stages train_vanilla@<task>-<size>, train_boosted@<task>-<delay> and train_ablation@<P>-<delay>.
+
+Trains one model on data/mixtures/<task> with the authors' recipe (params `train`) at the active
+profile's scale (params profiles.<profile>.train and .models). Writes to --out: best.pt (best
+validation SI-SNRi), last.pt (resumable) and params.yaml (the resolved settings); DVCLive logs to
+--live. A killed run resumes from last.pt when rerun. A boosted pair's large model starts from
+--large (the trained vanilla large model of the same task).
+
+Several GPUs: torchrun --nproc_per_node N pipeline/train.py ... (DistributedDataParallel).
+"""
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=["se", "ss", "tse"])
+    parser.add_argument("--model", required=True, choices=["small", "medium", "large", "boosted"])
+    parser.add_argument("--delay", type=int, help="boosted: hint delay in 8 ms chunks")
+    parser.add_argument("--compression", type=int, help="boosted: compression factor P (default: params model.compression)")
+    parser.add_argument("--large", help="boosted: the trained vanilla large checkpoint to start from")
+    parser.add_argument("--out", required=True, help="checkpoint directory, e.g. data/models/ss/small")
+    parser.add_argument("--live", help="DVCLive directory, e.g. metrics/train/ss/small")
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+
+    from kboost import stage
+
+    def run() -> None:
+        from kboost.experiment import train_from_params
+
+        train_from_params(args.params, args.task, args.model, args.out, args.live, delay=args.delay,
+                          compression=args.compression, large_checkpoint=args.large, progress=not args.no_progress)
+
+    stage.run(run, f"train {args.task} {args.model}" + (f" delay {args.delay}" if args.delay is not None else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Training: determinism, resume after kill -9 mid-epoch, non-finite loss, joint boosting."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fake_corpus import make_corpus
+from kboost.dataset import MixtureDataset
+from kboost.mixtures import synthesize_task
+from kboost.models import BoostedPair, GridNetSize, TFGridNet
+from kboost.models.checkpoint import read_checkpoint
+from kboost.training import EpochView, Trainer, TrainingError, TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GridNetSize(emb_dim=4, hidden=4, blocks=2)
+TINY_LARGE = GridNetSize(emb_dim=8, hidden=8, blocks=2, heads=2, window=4)
+
+
+@pytest.fixture(scope="module")
+def mixtures(tmp_path_factory):
+    """data/mixtures/ss of a tiny synthetic corpus: 8 train, 2 val, 2 test clips of 0.5 s."""
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    profile = copy.deepcopy(params["profiles"]["smoke"])
+    profile["data"].update(workers=1, clip_seconds=0.5, response_sets=["sim"],
+                           mixtures={"train": 8, "val": 2, "test": 2})
+    root = tmp_path_factory.mktemp("repo")
+    synthesize_task("ss", corpus, root / "data" / "mixtures" / "ss", params, profile)
+    return root
+
+
+def _settings(**kw):
+    base = dict(epochs=2, batch_size=2, crop_seconds=0.25, seed=7, threads=1)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _trainer(mixtures, out, settings, train_set=None):
+    torch.manual_seed(0)
+    data = mixtures / "data" / "mixtures" / "ss"
+    return Trainer(TFGridNet("ss", TINY), "ss", train_set or MixtureDataset(data, "train"),
+                   MixtureDataset(data, "val"), settings, out, out / "live", {"test": True}, progress=False)
+
+
+def test_epoch_view_is_a_pure_function_of_seed_and_epoch(mixtures):
+    data = MixtureDataset(mixtures / "data" / "mixtures" / "ss", "train")
+    a, b = EpochView(data, 1, 3, 1024), EpochView(data, 1, 3, 1024)
+    assert [x["id"] for x in a] == [x["id"] for x in b]
+    assert all(torch.equal(x["mixture"], y["mixture"]) for x, y in zip(a, b))
+    assert a[0]["mixture"].shape[-1] == 1024
+    other = EpochView(data, 1, 4, 1024)
+    assert [x["id"] for x in other] != [x["id"] for x in a] or not torch.equal(other[0]["mixture"], a[0]["mixture"])
+    shards = [EpochView(data, 1, 3, None, rank, 2) for rank in (0, 1)]
+    assert sorted(x["id"] for s in shards for x in s) == sorted(x["id"] for x in a)
+
+
+def test_training_is_deterministic_and_logs_history(mixtures, tmp_path):
+    one = _trainer(mixtures, tmp_path / "a", _settings()).fit()
+    two = _trainer(mixtures, tmp_path / "b", _settings()).fit()
+    assert one == two
+    last = read_checkpoint(tmp_path / "a" / "last.pt")
+    assert [row["epoch"] for row in last["meta"]["history"]] == [1, 2]
+    assert "optimiser" in last["training"] and "training" not in read_checkpoint(tmp_path / "a" / "best.pt")
+    live = json.loads((tmp_path / "a" / "live" / "metrics.json").read_text())
+    assert live["val_si_snri"] == pytest.approx(last["meta"]["history"][-1]["val_si_snri"])
+    assert (tmp_path / "a" / "live" / "plots" / "metrics" / "val_si_snri.tsv").is_file()
+
+
+def test_more_epochs_continue_a_finished_run(mixtures, tmp_path):
+    _trainer(mixtures, tmp_path / "a", _settings(epochs=1)).fit()
+    continued = _trainer(mixtures, tmp_path / "a", _settings(epochs=2)).fit()
+    straight = _trainer(mixtures, tmp_path / "b", _settings(epochs=2)).fit()
+    assert continued == straight
+
+
+class _Poisoned(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        return dict(item, mixture=item["mixture"] * float("nan"))
+
+
+def test_non_finite_loss_stops_with_step_and_ids_and_keeps_checkpoints(mixtures, tmp_path):
+    _trainer(mixtures, tmp_path, _settings(epochs=1)).fit()
+    before = (tmp_path / "last.pt").read_bytes(), (tmp_path / "best.pt").read_bytes()
+    poisoned = _Poisoned(MixtureDataset(mixtures / "data" / "mixtures" / "ss", "train"))
+    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 2, step 1, batch mixtures \['ss-train-"):
+        _trainer(mixtures, tmp_path, _settings(epochs=2), train_set=poisoned).fit()
+    assert ((tmp_path / "last.pt").read_bytes(), (tmp_path / "best.pt").read_bytes()) == before
+
+
+def test_boosted_pair_trains_the_large_model_through_the_small_loss(mixtures, tmp_path):
+    torch.manual_seed(0)
+    pair = BoostedPair(TFGridNet("ss", TINY), TFGridNet("ss", TINY_LARGE), delay=1)
+    large_before = {k: v.clone() for k, v in pair.large.state_dict().items()}
+    data = mixtures / "data" / "mixtures" / "ss"
+    Trainer(pair, "ss", MixtureDataset(data, "train"), MixtureDataset(data, "val"), _settings(epochs=1),
+            tmp_path, None, {}, progress=False).fit()
+    changed = [k for k, v in pair.large.state_dict().items() if not torch.equal(v, large_before[k])]
+    assert changed, "the large model must be trained jointly, not frozen"
+
+
+def _stage(repo: Path, *extra, env=None):
+    command = [sys.executable, str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
+               "--out", "data/models/ss/small", "--live", "metrics/train/ss/small", "--no-progress", *extra]
+    return subprocess.run(command, cwd=repo, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+
+
+def _smoke_repo(mixtures, tmp_path, name):
+    repo = tmp_path / name
+    (repo / "data" / "mixtures").mkdir(parents=True)
+    (repo / "data" / "mixtures" / "ss").symlink_to(mixtures / "data" / "mixtures" / "ss")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["train"]["batch_size"] = 2  # 4 steps per epoch, so a kill can land mid-epoch
+    params["profiles"]["smoke"]["models"]["small"] = TINY.to_dict()
+    params["profiles"]["smoke"]["train"].update(vanilla_epochs=3, threads=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def test_stage_killed_mid_epoch_resumes_to_the_same_result(mixtures, tmp_path):
+    straight = _smoke_repo(mixtures, tmp_path, "straight")
+    assert _stage(straight).returncode == 0
+    killed = _smoke_repo(mixtures, tmp_path, "killed")
+    result = _stage(killed, env={"KBOOST_KILL_AFTER_STEPS": "6"})  # in epoch 2 of 3
+    assert result.returncode == -9, result.stderr
+    assert read_checkpoint(killed / "data/models/ss/small/last.pt")["meta"]["epochs_done"] == 1
+    resumed = _stage(killed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    for name in ("best.pt", "last.pt"):
+        a = read_checkpoint(straight / "data/models/ss/small" / name)
+        b = read_checkpoint(killed / "data/models/ss/small" / name)
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        history = [{k: v for k, v in row.items() if k not in ("seconds", "clips_per_second")}
+                   for row in a["meta"]["history"]]
+        assert history == [{k: v for k, v in row.items() if k not in ("seconds", "clips_per_second")}
+                           for row in b["meta"]["history"]]
+    assert (straight / "metrics/train/ss/small/metrics.json").read_text() == \
+        (killed / "metrics/train/ss/small/metrics.json").read_text()
+    assert not list((killed / "data/models/ss/small").glob(".*tmp*"))
