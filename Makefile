@@ -26,6 +26,7 @@ test: setup
 bench: setup
 	python benchmarks/bench_mixtures.py
 	python benchmarks/bench_models.py
+	python benchmarks/bench_eval.py
 
 clean-data:
 	rm -rf data/corpus data/mixtures

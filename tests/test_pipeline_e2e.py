@@ -1,4 +1,5 @@
 """A real `dvc repro` of the smoke profile in a temporary copy of the repository."""
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +33,9 @@ def repo(tmp_path_factory):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     text = (dest / "params.yaml").read_text().replace("\nprofile: demo ", "\nprofile: smoke ")
+    # One delay and one ablation factor keep the DAG whole (every stage kind) and the test short.
+    text = text.replace("\ndelays: [0, 1, 3, 6] ", "\ndelays: [2] ").replace("\ndelay: 6 ", "\ndelay: 2 ")
+    text = text.replace("  delays: [6]   ", "  delays: [2]   ").replace("  compressions: [2, 4]   ", "  compressions: [4]   ")
     (dest / "params.yaml").write_text(text)
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "init", "--allow-empty"], dest, check=False)
@@ -48,6 +52,21 @@ def test_smoke_repro_end_to_end(repo):
             assert len(manifest) == count
             assert all((repo / "data" / "mixtures" / task / split / p).is_file() for p in manifest["path_mixture"])
     assert (repo / "data" / "mixtures" / "tse" / "test" / "embeddings.npy").is_file()
+    runs = ["small", "medium", "large", "boosted-d2"]
+    for task in ("se", "ss", "tse"):
+        for run in runs + ["mixture"]:
+            summary = json.loads((repo / "metrics" / "eval" / task / f"{run}.json").read_text())
+            assert summary["utterances"] == 4, (task, run)
+            rows = pd.read_csv(repo / "data" / "eval" / task / f"{run}.csv")
+            assert len(rows) == 4
+        for run in runs:
+            assert (repo / "data" / "models" / task / run / "best.pt").is_file()
+            assert (repo / "metrics" / "train" / task / run / "metrics.json").is_file()
+    assert (repo / "metrics" / "eval" / "ss" / "boosted-d2-p4.json").is_file()
+    boosted = json.loads((repo / "metrics" / "eval" / "ss" / "boosted-d2.json").read_text())
+    assert boosted["streaming"] and boosted["delay"] == 2
+    shown = _run(["dvc", "metrics", "show", "--json"], repo)
+    assert "metrics/eval/ss/boosted-d2.json" in shown.stdout
     status = _run(["dvc", "status"], repo)
     assert "up to date" in status.stdout
     again = _run(["dvc", "repro"], repo)

@@ -63,7 +63,8 @@ def test_epoch_view_is_a_pure_function_of_seed_and_epoch(mixtures):
 def test_training_is_deterministic_and_logs_history(mixtures, tmp_path):
     one = _trainer(mixtures, tmp_path / "a", _settings()).fit()
     two = _trainer(mixtures, tmp_path / "b", _settings()).fit()
-    assert one == two
+    timings = ("train_seconds", "clips_per_second")
+    assert {k: v for k, v in one.items() if k not in timings} == {k: v for k, v in two.items() if k not in timings}
     last = read_checkpoint(tmp_path / "a" / "last.pt")
     assert [row["epoch"] for row in last["meta"]["history"]] == [1, 2]
     assert "optimiser" in last["training"] and "training" not in read_checkpoint(tmp_path / "a" / "best.pt")
@@ -76,7 +77,8 @@ def test_more_epochs_continue_a_finished_run(mixtures, tmp_path):
     _trainer(mixtures, tmp_path / "a", _settings(epochs=1)).fit()
     continued = _trainer(mixtures, tmp_path / "a", _settings(epochs=2)).fit()
     straight = _trainer(mixtures, tmp_path / "b", _settings(epochs=2)).fit()
-    assert continued == straight
+    assert continued["final_val_si_snri"] == straight["final_val_si_snri"]
+    assert continued["final_train_loss"] == straight["final_train_loss"]
 
 
 class _Poisoned(torch.utils.data.Dataset):
@@ -123,9 +125,9 @@ def _smoke_repo(mixtures, tmp_path, name):
     (repo / "data" / "mixtures" / "ss").symlink_to(mixtures / "data" / "mixtures" / "ss")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "smoke"
-    params["train"]["batch_size"] = 2  # 4 steps per epoch, so a kill can land mid-epoch
     params["profiles"]["smoke"]["models"]["small"] = TINY.to_dict()
-    params["profiles"]["smoke"]["train"].update(vanilla_epochs=3, threads=1)
+    # batch 2: 4 steps per epoch, so a kill can land mid-epoch
+    params["profiles"]["smoke"]["train"].update(vanilla_epochs=3, threads=1, batch_size=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 

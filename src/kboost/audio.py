@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from .fsutil import atomic_file
 
@@ -66,6 +65,8 @@ def resample_audio(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray
     if rate_in == rate_out:
         return audio.astype(np.float32, copy=False)
     ratio = Fraction(rate_out, rate_in)
+    from scipy.signal import resample_poly  # lazy: scipy.signal takes ~1.5 s to import
+
     out = resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32)
 

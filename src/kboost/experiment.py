@@ -45,9 +45,10 @@ def train_settings(params: dict, kind: str) -> TrainSettings:
     prof = params["profiles"][params["profile"]]["train"]
     return TrainSettings(
         epochs=int(prof["vanilla_epochs" if kind == "vanilla" else "boosted_epochs"]),
-        batch_size=int(opt["batch_size"]), lr=float(opt["lr"]), lr_factor=float(opt["lr_factor"]),
+        batch_size=int(prof["batch_size"]), lr=float(opt["lr"]), lr_factor=float(opt["lr_factor"]),
         lr_patience=int(opt["lr_patience"]), min_lr=float(opt["min_lr"]), clip_norm=float(opt["clip_norm"]),
         crop_seconds=None if prof["crop_seconds"] is None else float(prof["crop_seconds"]),
+        per_epoch=prof["train_mixtures"],
         seed=int(params["seed"]), threads=int(prof["threads"]), loader_workers=int(prof["loader_workers"]),
         mixed_precision=bool(opt["mixed_precision"]))
 
@@ -102,7 +103,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
         net = build_vanilla(task, sizes[model])
 
     data_dir = MIXTURES_DIR / task
-    train_set = MixtureDataset(data_dir, "train", limit=limits["train_mixtures"])
+    train_set = MixtureDataset(data_dir, "train")
     val_set = MixtureDataset(data_dir, "val", limit=limits["val_mixtures"])
     name = run_name(model, delay, compression or main_compression, main_compression)
     meta = {

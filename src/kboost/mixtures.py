@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.signal import oaconvolve
 
 from . import speaker
 from .audio import AudioError, quantize_pcm16, read_audio, write_audio
@@ -216,6 +215,7 @@ def _talker_image(row: dict, k: int, roots: dict) -> np.ndarray:
     if _rms(segment) < SILENCE_RMS:
         raise AudioError(f"{path}: samples {start}..{start + seg} are silent; cannot set a talker level")
     response = read_audio(Path(roots["responses"]) / row[f"t{k}_response_file"], sample_rate=rate, channels=2)
+    from scipy.signal import oaconvolve  # lazy: readers of the dataset do not need scipy
     image = oaconvolve(segment[None, :], response.astype(np.float64), axes=-1)[:, :clip]
     level = 10.0 ** (row[f"t{k}_level_dbfs"] / 20.0)
     return image * (level / max(_rms(image), 1e-12))

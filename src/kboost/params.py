@@ -163,7 +163,6 @@ def _validate_train(check: _Checker, train: dict) -> None:
     if train["lr_factor"] >= 1:
         check.fail("train.lr_factor", f"must be below 1 (the learning rate is multiplied by it), got {train['lr_factor']}")
     check.integer(train, "lr_patience", p, minimum=0)
-    check.integer(train, "batch_size", p, minimum=1)
     if not isinstance(check.value(train, "mixed_precision", p), bool):
         check.fail("train.mixed_precision", f"must be true or false, got {train['mixed_precision']!r}")
 
@@ -282,6 +281,7 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     pt = f"{prefix}train."
     check.integer(train, "vanilla_epochs", pt, minimum=1)
     check.integer(train, "boosted_epochs", pt, minimum=1)
+    check.integer(train, "batch_size", pt, minimum=1)
     if check.value(train, "crop_seconds", pt) is not None:
         crop = check.number(train, "crop_seconds", pt, positive=True)
         if crop * 16000 < CHUNK_SAMPLES:

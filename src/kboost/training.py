@@ -58,6 +58,7 @@ class TrainSettings:
     min_lr: float = 1e-6
     clip_norm: float = 1.0
     crop_seconds: float | None = None  # random training crops; None = whole clips
+    per_epoch: int | None = None  # training mixtures drawn per epoch; None = all
     seed: int = 42
     threads: int = 0  # CPU threads (0 = torch's default)
     loader_workers: int = 0
@@ -72,15 +73,18 @@ class TrainSettings:
 
 # ------------------------------------------------------------------------------------ data
 class EpochView(Dataset):
-    """One epoch's order and crops of a MixtureDataset, drawn from (seed, epoch); optionally only
-    this process's shard (``rank::world``)."""
+    """One epoch's order and crops of a MixtureDataset, drawn from (seed, epoch): the first
+    ``per_epoch`` mixtures of a fresh permutation (all by default), optionally only this
+    process's shard (``rank::world``)."""
 
-    def __init__(self, dataset: Dataset, seed: int, epoch: int, crop: int | None, rank: int = 0, world: int = 1):
+    def __init__(self, dataset: Dataset, seed: int, epoch: int, crop: int | None, rank: int = 0, world: int = 1,
+                 per_epoch: int | None = None):
         generator = torch.Generator().manual_seed(seed + _EPOCH_STREAM * (epoch + 1))
         order = torch.randperm(len(dataset), generator=generator)
         self.starts = torch.randint(0, 2**31 - 1, (len(dataset),), generator=generator)[order]
         self.order, self.crop = order, crop
-        self.positions = list(range(rank, len(dataset), world))
+        count = len(dataset) if per_epoch is None else min(per_epoch, len(dataset))
+        self.positions = list(range(rank, count, world))
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -171,6 +175,16 @@ def _fault_injection(steps: int) -> None:
 
 
 # ----------------------------------------------------------------------------- fingerprint
+def code_digest() -> str:
+    """Hash of the kboost package's source: a checkpoint written by other code is not resumed
+    (DVC reruns a stage when its code changes, and the persisted last.pt must not survive that)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(description: dict) -> str:
     """A short hash of everything that determines a run (model, data, settings)."""
     text = json.dumps(description, sort_keys=True, default=str)
@@ -203,7 +217,7 @@ class Trainer:
         # Everything but the epoch count: raising `epochs` continues a finished run, which gives
         # the same result as training that long from the start (no schedule depends on it).
         described = {k: v for k, v in asdict(settings).items() if k not in ("epochs", "loader_workers")}
-        self.meta["fingerprint"] = fingerprint({"meta": meta, "settings": described})
+        self.meta["fingerprint"] = fingerprint({"meta": meta, "settings": described, "code": code_digest()})
         self.steps_taken = 0
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -269,7 +283,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, clips per second)."""
         s = self.settings
-        view = EpochView(self.train_set, s.seed, epoch, s.crop_samples, self.rt.rank, self.rt.world)
+        view = EpochView(self.train_set, s.seed, epoch, s.crop_samples, self.rt.rank, self.rt.world, s.per_epoch)
         self.model.train()
         total, count, started = 0.0, 0, time.perf_counter()
         bar = tqdm(self._loader(view, s.batch_size // self.rt.world, True), desc=f"epoch {epoch + 1}/{s.epochs}",
@@ -346,7 +360,10 @@ class Trainer:
         best_row = max(self.history, key=lambda r: r["val_si_snri"])
         return {"epochs": len(self.history), "best_epoch": best_row["epoch"],
                 "best_val_si_snri": best_row["val_si_snri"], "final_val_si_snri": self.history[-1]["val_si_snri"],
-                "final_train_loss": self.history[-1]["train_loss"]}
+                "final_train_loss": self.history[-1]["train_loss"],
+                # Timings of the epochs this process ran or resumed past (they vary run to run).
+                "train_seconds": sum(row["seconds"] for row in self.history),
+                "clips_per_second": sum(row["clips_per_second"] for row in self.history) / len(self.history)}
 
     def _replay_live(self) -> None:
         """Rewrite the DVCLive log from the history, so a resumed run's log equals an
