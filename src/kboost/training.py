@@ -306,7 +306,8 @@ class Trainer:
             _fault_injection(self.steps_taken)
             total += loss.item() * len(batch["id"])
             count += len(batch["id"])
-            bar.set_postfix(loss=f"{total / count:.2f}", clips_per_s=f"{count / (time.perf_counter() - started):.1f}")
+            bar.set_postfix(loss=f"{total / count:.2f}", clips_per_s=f"{count / (time.perf_counter() - started):.1f}",
+                            refresh=False)  # the bar redraws at its own pace (mininterval)
         total, count = _all_sum([total, float(count)], self.rt)
         seconds = time.perf_counter() - started
         return total / max(count, 1), count / seconds
