@@ -1,6 +1,7 @@
 """A real `dvc repro` of the smoke profile in a temporary copy of the repository."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,5 +84,23 @@ def test_invalid_param_stops_first_stage_with_clear_message(repo):
         result = _run(["dvc", "repro", "--force", "get_data@speech"], repo, check=False)
         assert result.returncode != 0
         assert "data.se.snr_db: range is reversed" in result.stderr + result.stdout
+    finally:
+        params.write_text(original)
+
+
+def test_new_delay_trains_only_its_own_stages_and_bad_delay_fails_at_once(repo):
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("\ndelays: [2] ", "\ndelays: [2, 3] "))
+        dry = _run(["dvc", "repro", "--dry"], repo)
+        planned = sorted(set(re.findall(r"Running stage '([^']+)'", dry.stdout)))
+        assert planned == ["evaluate_boosted@se-3", "evaluate_boosted@ss-3", "evaluate_boosted@tse-3",
+                           "train_boosted@se-3", "train_boosted@ss-3", "train_boosted@tse-3"], planned
+        params.write_text(original.replace("\ndelay: 2 ", "\ndelay: 5 "))
+        result = _run(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0
+        assert "delay: 5 is not one of delays [2]" in result.stderr + result.stdout
+        assert "dvc exp run -S 'delays=[2, 5]' -S delay=5" in result.stderr + result.stdout
     finally:
         params.write_text(original)

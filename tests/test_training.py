@@ -154,3 +154,17 @@ def test_stage_killed_mid_epoch_resumes_to_the_same_result(mixtures, tmp_path):
     assert (straight / "metrics/train/ss/small/metrics.json").read_text() == \
         (killed / "metrics/train/ss/small/metrics.json").read_text()
     assert not list((killed / "data/models/ss/small").glob(".*tmp*"))
+
+
+def test_torchrun_two_cpu_processes_train_one_model(mixtures, tmp_path):
+    """DistributedDataParallel over Gloo: two processes split the batch; rank 0 writes."""
+    repo = _smoke_repo(mixtures, tmp_path, "ddp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
+               "--out", "data/models/ss/small", "--live", "metrics/train/ss/small", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = read_checkpoint(repo / "data/models/ss/small/last.pt")
+    assert payload["meta"]["epochs_done"] == 3
+    assert json.loads((repo / "metrics/train/ss/small/metrics.json").read_text())["step"] == 3

@@ -23,9 +23,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models.checkpoint import CheckpointError
     from .models.gridnet import ModelInputError
     from .params import ParamsError
+    from .report import ReportError
     from .sources.layout import CorpusError
+    from .training import TrainingError
 
-    return (AudioError, DownloadError, SynthesisError, ParamsError, CorpusError, CheckpointError, ModelInputError)
+    return (AudioError, DownloadError, SynthesisError, ParamsError, CorpusError, CheckpointError, ModelInputError,
+            TrainingError, ReportError)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,380 @@
+"""The paper's tables and figures, regenerated from the metrics files the stages wrote.
+
+Nothing here is typed by hand: every number comes from metrics/eval/<task>/<run>.json,
+metrics/macs.json or a DVCLive log, and the figures the paper reports come from
+paper/reported.yaml (with their source). Same inputs, byte-identical outputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .experiment import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, run_name
+
+TASK_NAMES = {"se": "SE", "ss": "SS", "tse": "TSE"}
+CHUNK_MS = 8
+
+
+class ReportError(ValueError):
+    """Missing or unusable metrics; the message names the stage that writes them."""
+
+
+@dataclass
+class Table:
+    """One table: column headers, rows of cells (strings) and a caption."""
+
+    name: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ inputs
+def _stage_for(task: str, run: str) -> str:
+    if run == "mixture":
+        return f"score_mixtures@{task}"
+    if run in VANILLA:
+        return f"evaluate_vanilla@{task}-{run}"
+    parts = run.split("-")  # boosted-d<C>[-p<P>]
+    delay = parts[1][1:]
+    if len(parts) == 3:
+        return f"evaluate_ablation@{parts[2][1:]}-{delay}"
+    return f"evaluate_boosted@{task}-{delay}"
+
+
+def load_summary(task: str, run: str, root: Path = Path(".")) -> dict:
+    path = root / EVAL_METRICS_DIR / task / f"{run}.json"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing; run `dvc repro {_stage_for(task, run)}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc}); rerun `dvc repro -f {_stage_for(task, run)}`") from exc
+
+
+def load_macs(root: Path = Path(".")) -> dict:
+    path = root / "metrics" / "macs.json"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing; run `dvc repro macs` first")
+    return json.loads(path.read_text())
+
+
+def load_reported(path: Path) -> dict:
+    if not path.is_file():
+        raise ReportError(f"{path}: missing: the figures the paper reports (with their source)")
+    return yaml.safe_load(path.read_text())
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def with_ci(summary: dict, metric: str, digits: int = 2) -> str:
+    mean, half = summary["mean"].get(metric), summary["ci95"].get(metric)
+    if mean is None:
+        return "n/a"
+    return f"{fmt(mean, digits)} ± {fmt(half, digits)}" if half is not None else fmt(mean, digits)
+
+
+def millions(value: float) -> str:
+    return f"{value / 1e6:.2f} M"
+
+
+def signed(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------- study
+class Study:
+    """The metrics of one run of the pipeline, as params.yaml describes it."""
+
+    def __init__(self, params: dict, root: Path = Path(".")):
+        self.params, self.root = params, root
+        self.tasks = list(params["tasks"])
+        self.delay = int(params["delay"])
+        self.delays = sorted(int(d) for d in params["delays"])
+        self.compression = int(params["model"]["compression"])
+        self.ablation = params["ablation"]
+        self.macs = load_macs(root)
+        self._cache: dict[tuple[str, str], dict] = {}
+
+    def summary(self, task: str, run: str) -> dict:
+        key = (task, run)
+        if key not in self._cache:
+            self._cache[key] = load_summary(task, run, self.root)
+        return self._cache[key]
+
+    def boosted(self, delay: int, compression: int | None = None) -> str:
+        return run_name("boosted", delay, compression or self.compression, self.compression)
+
+    def device_macs(self, task: str, model: str, scale: str = "profile_sizes") -> dict:
+        """MACs and parameters of a model as run on its side (boosted small = small + merges)."""
+        key = "boosted_small" if model.startswith("boosted") else model
+        return self.macs["reports"][scale][task]["models"][key]
+
+    def si_sdri(self, task: str, run: str) -> float | None:
+        return self.summary(task, run)["mean"]["si_sdri"]
+
+
+# --------------------------------------------------------------------------------- tables
+def main_table(study: Study) -> Table:
+    label = {"small": "small (vanilla)", "medium": "medium (vanilla, boosted-small size)", "large": "large (vanilla)"}
+    table = Table("main", f"Test results at the headline delay of {study.delay} chunks "
+                          f"({study.delay * CHUNK_MS} ms); mean ± 95% confidence half-width over test utterances. "
+                          f"MACs are the model's own side per 8 ms chunk, at this run's sizes.",
+                  ["task", "model", "SI-SDRi (dB)", "PESQ", "STOI", "parameters", "MACs / chunk", "MACs / s"])
+    for task in study.tasks:
+        for run in ("small", "medium", "large", study.boosted(study.delay)):
+            summary = study.summary(task, run)
+            macs = study.device_macs(task, run)
+            name = label.get(run, f"boosted small (delay {study.delay})")
+            table.rows.append([TASK_NAMES[task], name, with_ci(summary, "si_sdri"), with_ci(summary, "pesq"),
+                               with_ci(summary, "stoi", 3), f"{macs['params']:,}", millions(macs["macs_per_chunk"]),
+                               millions(macs["macs_per_second"])])
+    return table
+
+
+def delay_table(study: Study) -> Table:
+    table = Table("delays", "Boosted small model versus communication delay, with the vanilla models as reference "
+                            "(SI-SDRi in dB, mean ± 95% confidence half-width).",
+                  ["task", "model", "delay (chunks)", "delay (ms)", "SI-SDRi (dB)", "gain over medium (dB)"])
+    for task in study.tasks:
+        medium = study.si_sdri(task, "medium")
+        for run in VANILLA:
+            table.rows.append([TASK_NAMES[task], f"{run} (vanilla)", "-", "-", with_ci(study.summary(task, run), "si_sdri"),
+                               signed(None if run != "medium" else 0.0)])
+        for delay in study.delays:
+            run = study.boosted(delay)
+            value = study.si_sdri(task, run)
+            gain = None if value is None or medium is None else value - medium
+            table.rows.append([TASK_NAMES[task], "boosted small", str(delay), str(delay * CHUNK_MS),
+                               with_ci(study.summary(task, run), "si_sdri"), signed(gain)])
+    return table
+
+
+def ablation_table(study: Study) -> Table | None:
+    if "ss" not in study.tasks or not study.ablation["compressions"] or not study.ablation["delays"]:
+        return None
+    table = Table("ablation", "Compression ablation (SS): hint channels cut by P before sending; SI-SDRi in dB.",
+                  ["delay (chunks)", "P", "hint channels", "SI-SDRi (dB)"])
+    channels = 2 * 4  # SS: 4 complex outputs -> 8 real channels
+    for delay in sorted(study.ablation["delays"]):
+        for p in sorted({study.compression, *study.ablation["compressions"]}):
+            run = study.boosted(delay, p)
+            table.rows.append([str(delay), str(p), str(channels // p), with_ci(study.summary("ss", run), "si_sdri")])
+    return table
+
+
+def complexity_table(study: Study) -> Table:
+    paper = study.macs.get("paper_reduction_macs_per_chunk", {})
+    table = Table("complexity", "Parameters and MACs per 8 ms chunk (streaming, warm state; x125 per second) at the "
+                                "paper's sizes and at this run's sizes; reduction = medium minus boosted small.",
+                  ["scale", "task", "small", "medium", "boosted small (device)", "large + compression (remote)",
+                   "reduction", "paper's reduction"])
+    for scale, label in (("paper_sizes", "paper"), ("profile_sizes", f"this run ({study.macs['profile']})")):
+        for task in study.tasks:
+            models = study.macs["reports"][scale][task]["models"]
+
+            def cell(key: str) -> str:
+                return f"{models[key]['params']:,} p / {millions(models[key]['macs_per_chunk'])}"
+
+            reduction = study.macs["reduction_macs_per_chunk"][scale][task]
+            table.rows.append([label, TASK_NAMES[task], cell("small"), cell("medium"), cell("boosted_small"),
+                               cell("remote_total"), millions(reduction),
+                               millions(paper[task]) if task in paper else "n/a"])
+    table.notes.append(study.macs["convention"] if isinstance(study.macs["convention"], str)
+                       else "; ".join(f"{k}: {v}" for k, v in study.macs["convention"].items()))
+    return table
+
+
+def paper_vs_run_table(study: Study, reported: dict) -> Table:
+    profile = study.params["profile"]
+    sources = study.params["profiles"][profile]["data"]["sources"]
+    table = Table("paper_vs_run",
+                  f"Figures the paper reports versus this run (profile `{profile}`, speech: {sources['speech']}, "
+                  f"noise: {sources['noise']}, responses: {sources['responses']}).",
+                  ["figure", "task", "paper", "this run", "difference", "source"])
+    gain = reported["si_sdr_gain_over_same_size_db"]
+    delay = int(gain["delay_chunks"])
+    for task in study.tasks:
+        paper_value = gain["values"].get(task)
+        try:
+            ours = study.si_sdri(task, study.boosted(delay)) - study.si_sdri(task, "medium")
+        except (ReportError, TypeError):
+            ours = None
+        table.rows.append([f"SI-SDR gain, boosted small over medium, delay {delay * CHUNK_MS} ms (dB)", TASK_NAMES[task],
+                           signed(paper_value), signed(ours),
+                           signed(None if ours is None or paper_value is None else ours - paper_value), gain["source"]])
+    reduction = reported["mac_reduction_per_chunk"]
+    for task in study.tasks:
+        ours = study.macs["reduction_macs_per_chunk"]["paper_sizes"][task]
+        paper_value = reduction["values"].get(task)
+        table.rows.append(["MACs per chunk saved, boosted small vs medium, paper sizes (M)", TASK_NAMES[task],
+                           fmt(paper_value / 1e6), fmt(ours / 1e6), signed((ours - paper_value) / 1e6),
+                           reduction["source"]])
+    params = reported["parameters_ss"]
+    models = study.macs["reports"]["paper_sizes"].get("ss", {}).get("models", {})
+    for model, paper_value in params["values"].items():
+        ours = models.get(model, {}).get("params")
+        table.rows.append([f"trainable parameters, {model.replace('_', ' ')} (P = 1)", "SS", f"{paper_value:,}",
+                           "n/a" if ours is None else f"{ours:,}",
+                           "n/a" if ours is None else f"{ours - paper_value:+,}", params["source"]])
+    if sources["speech"] == "embedded":
+        table.notes.append("This run uses the embedded offline data (synthetic espeak-ng speech, procedural noise, "
+                           "simulated rooms) and the demo scale, not the paper's LibriSpeech/WHAM!/measured-response "
+                           "data and training length: its SI-SDR figures show how the method behaves here, they are "
+                           "not the paper's setting and are not expected to match the paper's numbers.")
+    return table
+
+
+def all_tables(study: Study, reported: dict) -> list[Table]:
+    tables = [main_table(study), delay_table(study), ablation_table(study), complexity_table(study),
+              paper_vs_run_table(study, reported)]
+    return [t for t in tables if t is not None]
+
+
+# -------------------------------------------------------------------------------- figures
+def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Validation SI-SNRi per epoch from the DVCLive logs: task -> run -> [(epoch, value)]."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for task in study.tasks:
+        for run in [*VANILLA, *(study.boosted(d) for d in study.delays)]:
+            path = study.root / TRAIN_METRICS_DIR / task / run / "plots" / "metrics" / "val_si_snri.tsv"
+            if not path.is_file():
+                continue
+            lines = path.read_text().strip().splitlines()[1:]
+            curves.setdefault(task, {})[run] = [(int(a), float(b)) for a, b in (line.split("\t")[:2] for line in lines)]
+    return curves
+
+
+# ------------------------------------------------------------------------------ rendering
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "±": r"$\pm$", "`": ""}
+
+
+def tex_escape(text) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def template_environment(templates: Path):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+                             autoescape=False)
+    env.filters["tex"] = tex_escape
+    return env
+
+
+def render_tables(tables: list[Table], templates: Path, out_dir: Path) -> list[Path]:
+    """Write ``<name>.md`` and ``<name>.tex`` for every table; return the paths written."""
+    from .fsutil import atomic_file
+
+    env = template_environment(templates)
+    written = []
+    for table in tables:
+        for suffix, template in (("md", "table.md.j2"), ("tex", "table.tex.j2")):
+            path = out_dir / f"{table.name}.{suffix}"
+            with atomic_file(path) as tmp:
+                tmp.write_text(env.get_template(template).render(table=table))
+            written.append(path)
+    return written
+
+
+# -------------------------------------------------------------------------------- figures
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    """PNG and PDF without timestamps or version strings, so equal inputs give equal bytes."""
+    from .fsutil import atomic_file
+
+    paths = []
+    for suffix, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+        path = out_dir / f"{name}.{suffix}"
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=suffix, metadata=metadata, dpi=120, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "kboost", "font.size": 9})
+    return plt
+
+
+def figure_delay(study: Study, out_dir: Path) -> list[Path]:
+    """SI-SDRi versus delay per task, the vanilla models as horizontal lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(3.2 * len(study.tasks), 2.8), squeeze=False)
+    styles = {"small": ("tab:red", ":"), "medium": ("tab:orange", "--"), "large": ("tab:green", "-.")}
+    for ax, task in zip(axes[0], study.tasks):
+        ms = [d * CHUNK_MS for d in study.delays]
+        runs = [study.summary(task, study.boosted(d)) for d in study.delays]
+        values = [r["mean"]["si_sdri"] for r in runs]
+        errors = [r["ci95"]["si_sdri"] or 0.0 for r in runs]
+        ax.errorbar(ms, values, yerr=errors, marker="o", color="tab:blue", capsize=3, label="boosted small")
+        for run, (colour, dash) in styles.items():
+            ax.axhline(study.si_sdri(task, run), color=colour, linestyle=dash, label=f"{run} (vanilla)")
+        ax.set_title(TASK_NAMES[task])
+        ax.set_xlabel("delay (ms)")
+        ax.set_xticks(ms)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("SI-SDRi (dB)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    paths = _save(fig, out_dir, "sisdri_vs_delay")
+    plt.close(fig)
+    return paths
+
+
+def figure_gain_vs_gap(study: Study, out_dir: Path) -> list[Path]:
+    """The paper's qualitative claim: boosting helps more where the small/large gap is wider."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 2.8))
+    for task in study.tasks:
+        gap = study.si_sdri(task, "large") - study.si_sdri(task, "small")
+        gain = study.si_sdri(task, study.boosted(study.delay)) - study.si_sdri(task, "medium")
+        ax.scatter([gap], [gain], s=30)
+        ax.annotate(TASK_NAMES[task], (gap, gain), textcoords="offset points", xytext=(4, 4))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("large minus small, SI-SDRi (dB)")
+    ax.set_ylabel(f"boosted small minus medium (dB)\nat {study.delay * CHUNK_MS} ms delay")
+    ax.grid(alpha=0.3)
+    paths = _save(fig, out_dir, "gain_vs_gap")
+    plt.close(fig)
+    return paths
+
+
+def figure_training(study: Study, out_dir: Path) -> list[Path]:
+    """Validation SI-SNRi per epoch (DVCLive logs) of every run, one panel per task."""
+    curves = training_curves(study)
+    if not curves:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)
+    for ax, (task, runs) in zip(axes[0], curves.items()):
+        for run, points in runs.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run)
+        ax.set_title(TASK_NAMES[task])
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation SI-SNRi (dB)")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    paths = _save(fig, out_dir, "training_curves")
+    plt.close(fig)
+    return paths
+
+
+def render_figures(study: Study, out_dir: Path) -> list[Path]:
+    return figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_training(study, out_dir)

@@ -1,0 +1,79 @@
+"""The report stage: tables and figures from metrics files, byte-identical on rerun."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kboost.report import ReportError, Study, all_tables, load_reported, render_figures, render_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ["mixture", "small", "medium", "large", "boosted-d0", "boosted-d6", "boosted-d6-p2"]
+
+
+def _summary(value: float) -> dict:
+    return {"mean": {"si_sdr": value, "si_sdri": value - 1, "pesq": 1.5, "stoi": 0.7},
+            "ci95": {"si_sdr": 0.3, "si_sdri": 0.3, "pesq": 0.05, "stoi": 0.01},
+            "utterances": 10, "failures": {"pesq": 0, "stoi": 0}}
+
+
+@pytest.fixture()
+def study_dir(tmp_path):
+    """A fake run: eval summaries for SS and TSE at delays 0 and 6, the committed macs.json."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(tasks=["ss", "tse"], delays=[0, 6], delay=6)
+    params["ablation"] = {"compressions": [2], "delays": [6]}
+    for t, task in enumerate(("ss", "tse")):
+        for r, run in enumerate(RUNS):
+            if run.endswith("-p2") and task != "ss":
+                continue
+            path = tmp_path / "metrics" / "eval" / task / f"{run}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_summary(1.0 + r + t)))
+        live = tmp_path / "metrics" / "train" / task / "small" / "plots" / "metrics"
+        live.mkdir(parents=True)
+        (live / "val_si_snri.tsv").write_text("step\tval_si_snri\n1\t-3.0\n2\t-1.5\n")
+    shutil.copy(ROOT / "metrics" / "macs.json", tmp_path / "metrics" / "macs.json")
+    shutil.copytree(ROOT / "paper" / "templates", tmp_path / "paper" / "templates")
+    shutil.copy(ROOT / "paper" / "reported.yaml", tmp_path / "paper" / "reported.yaml")
+    return tmp_path, params
+
+
+def _render(root: Path, params: dict, out: Path) -> dict[str, bytes]:
+    study = Study(params, root)
+    tables = all_tables(study, load_reported(root / "paper" / "reported.yaml"))
+    paths = render_tables(tables, root / "paper" / "templates", out / "tables") + render_figures(study, out / "figures")
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in paths}
+
+
+def test_tables_and_figures_come_from_metrics_and_are_byte_identical(study_dir, tmp_path):
+    root, params = study_dir
+    first = _render(root, params, tmp_path / "a")
+    second = _render(root, params, tmp_path / "b")
+    assert first == second
+    assert {"tables/main.md", "tables/main.tex", "tables/delays.md", "tables/ablation.md", "tables/complexity.md",
+            "tables/paper_vs_run.md", "figures/sisdri_vs_delay.png", "figures/sisdri_vs_delay.pdf",
+            "figures/gain_vs_gap.png", "figures/training_curves.png"} <= set(first)
+    main = first["tables/main.md"].decode()
+    # SS boosted-d6 is run index 5: si_sdri = 1 + 5 + 0 - 1 = 5.00, with its CI.
+    assert "| SS | boosted small (delay 6) | 5.00 ± 0.30 |" in main
+    lines = [line for line in main.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in lines}) == 1  # a well-formed Markdown table
+    versus = first["tables/paper_vs_run.md"].decode()
+    # gain over medium at 48 ms for SS: (5 - 1) - (2 + 0 - 1)... boosted-d6 5.00 minus medium 2.00 = +3.00
+    assert "| SS | +2.31 | +3.00 | +0.69 |" in versus
+    assert "not the paper's setting" in versus
+    assert "\\begin{tabular}" in first["tables/main.tex"].decode()
+    assert "$\\pm$" in first["tables/main.tex"].decode()
+
+
+def test_missing_metrics_name_the_stage_to_run(study_dir, tmp_path):
+    root, params = study_dir
+    (root / "metrics" / "eval" / "tse" / "boosted-d0.json").unlink()
+    with pytest.raises(ReportError, match=r"boosted-d0.json: missing; run `dvc repro evaluate_boosted@tse-0` first"):
+        _render(root, params, tmp_path / "out")
+    (root / "metrics" / "eval" / "ss" / "boosted-d6-p2.json").unlink()
+    params["tasks"] = ["ss"]
+    with pytest.raises(ReportError, match=r"evaluate_ablation@2-6"):
+        _render(root, params, tmp_path / "out")
