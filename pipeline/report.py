@@ -2,7 +2,8 @@
 
 Reads metrics/eval/<task>/<run>.json, metrics/macs.json, the DVCLive logs in metrics/train and
 paper/reported.yaml; writes paper/tables/<name>.{md,tex} (jinja2 templates in paper/templates)
-and paper/figures/<name>.{png,pdf}. A missing metrics file stops the stage with the name of the
+paper/figures/<name>.{png,pdf} and paper/index.html (the results page, with the audio examples of
+the `examples` stage in paper/audio). A missing metrics file stops the stage with the name of the
 stage that writes it.
 """
 import argparse
@@ -22,13 +23,19 @@ def main() -> None:
         import logging
 
         from kboost.params import load_params
-        from kboost.report import Study, all_tables, load_reported, render_figures, render_tables
+        import json
+
+        from kboost.report import Study, all_tables, load_reported, render_figures, render_page, render_tables
 
         out = Path(args.out)
         study = Study(load_params(args.params))
-        tables = all_tables(study, load_reported(out / "reported.yaml"))
+        reported = load_reported(out / "reported.yaml")
+        tables = all_tables(study, reported)
         written = render_tables(tables, out / "templates", out / "tables")
-        written += render_figures(study, out / "figures")
+        figures = render_figures(study, out / "figures")
+        manifest = out / "audio" / "manifest.json"
+        examples = json.loads(manifest.read_text()) if manifest.is_file() else None
+        written += figures + [render_page(study, tables, figures, reported, out / "templates", out, examples)]
         logging.getLogger("report").info("wrote %d files under %s", len(written), out)
 
     stage.run(run, "report")

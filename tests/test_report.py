@@ -77,3 +77,79 @@ def test_missing_metrics_name_the_stage_to_run(study_dir, tmp_path):
     params["tasks"] = ["ss"]
     with pytest.raises(ReportError, match=r"evaluate_ablation@2-6"):
         _render(root, params, tmp_path / "out")
+
+
+def _fake_examples(out: Path) -> dict:
+    """A manifest like the examples stage writes, with tiny real FLAC files."""
+    import numpy as np
+
+    from kboost.audio import write_audio
+
+    files = {"mixture": ["ss/mixture.flac"], "target": ["ss/target-s1.flac", "ss/target-s2.flac"],
+             "small": ["ss/small-s1.flac", "ss/small-s2.flac"]}
+    for names in files.values():
+        for name in names:
+            write_audio(out / "audio" / name, 0.1 * np.sin(np.arange(3200) / 5.0)[None].repeat(2, 0), 16000)
+    return {"index": 0, "tasks": {"ss": {"mixture_id": "ss-test-000000", "files": files, "si_sdr": {"small": 1.5}}}}
+
+
+def test_results_page_references_tables_figures_and_audio_relatively(study_dir, tmp_path):
+    from kboost.report import render_page
+
+    root, params = study_dir
+    out = tmp_path / "paper"
+    study = Study(params, root)
+    reported = load_reported(root / "paper" / "reported.yaml")
+    tables = all_tables(study, reported)
+    figures = render_figures(study, out / "figures")
+    page = render_page(study, tables, figures, reported, root / "paper" / "templates", out, _fake_examples(out))
+    html = page.read_text()
+    assert html.count("<table") == len(tables) + 1  # the tables and one audio table
+    assert 'src="figures/sisdri_vs_delay.png"' in html and "http" not in html.split("<body>")[1]
+    assert 'src="audio/ss/small-s2.flac"' in html and "±" in html
+    again = render_page(study, tables, figures, reported, root / "paper" / "templates", out, _fake_examples(out))
+    assert again.read_text() == html
+
+
+_PROBE = """<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const imgs = [...document.images].map(i => i.complete && i.naturalWidth > 0);
+  const audio = [...document.querySelectorAll('audio')];
+  Promise.all(audio.map(a => new Promise(ok => { a.onloadedmetadata = () => ok(true); a.onerror = () => ok(false);
+                                                 a.preload = 'metadata'; a.load(); })))
+    .then(loaded => { document.body.setAttribute('data-probe', JSON.stringify(
+        {tables: document.querySelectorAll('table').length, imgs, audio: loaded})); });
+}, 100));
+</script>"""
+
+
+def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian package: chromium)")
+    from kboost.report import render_page
+
+    root, params = study_dir
+    out = tmp_path / "paper"
+    study = Study(params, root)
+    reported = load_reported(root / "paper" / "reported.yaml")
+    tables = all_tables(study, reported)
+    page = render_page(study, tables, render_figures(study, out / "figures"), reported,
+                       root / "paper" / "templates", out, _fake_examples(out))
+    probe = out / "probe.html"  # the page plus a script that reports what loaded
+    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
+                             "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    marker = 'data-probe="'
+    assert marker in result.stdout, result.stderr[-2000:]
+    import html as html_lib
+
+    state = json.loads(html_lib.unescape(result.stdout.split(marker, 1)[1].split('"', 1)[0]))
+    assert state["tables"] == len(tables) + 1
+    assert state["imgs"] and all(state["imgs"])
+    assert state["audio"] and all(state["audio"])

@@ -270,7 +270,8 @@ def template_environment(templates: Path):
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
-                             autoescape=False)
+                             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),
+                                                                 default_for_string=False))
     env.filters["tex"] = tex_escape
     return env
 
@@ -378,3 +379,32 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
 
 def render_figures(study: Study, out_dir: Path) -> list[Path]:
     return figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_training(study, out_dir)
+
+
+# ----------------------------------------------------------------------------------- page
+FIGURE_CAPTIONS = {
+    "sisdri_vs_delay": "SI-SDRi of the boosted small model versus communication delay (error bars: 95% confidence "
+                       "half-widths), with the vanilla models as horizontal lines.",
+    "gain_vs_gap": "Gain of boosting (boosted small minus the same-size vanilla model) versus the gap between the "
+                   "large and small vanilla models, per task: the paper's qualitative claim is that the gain grows "
+                   "with the gap.",
+    "training_curves": "Validation SI-SNRi per epoch of every run (DVCLive logs).",
+}
+
+
+def render_page(study: Study, tables: list[Table], figures: list[Path], reported: dict, templates: Path,
+                out_dir: Path, examples: dict | None) -> Path:
+    """Write ``out_dir/index.html``: tables, figures and audio examples, all paths relative."""
+    from .fsutil import atomic_file
+
+    profile = study.params["profile"]
+    shown = [{"path": p.relative_to(out_dir).as_posix(), "caption": FIGURE_CAPTIONS.get(p.stem, p.stem)}
+             for p in figures if p.suffix == ".png"]
+    html = template_environment(templates).get_template("index.html.j2").render(
+        paper=reported.get("paper", ""), profile=profile, sources=study.params["profiles"][profile]["data"]["sources"],
+        delay=study.delay, delays=study.delays, tables=tables, figures=shown, examples=examples,
+        task_names=TASK_NAMES)
+    path = out_dir / "index.html"
+    with atomic_file(path) as tmp:
+        tmp.write_text(html)
+    return path

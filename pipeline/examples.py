@@ -1,0 +1,29 @@
+"""DVC stage examples: audio examples for the results page (paper/audio, DVC-cached).
+
+One test mixture per task (--index) through every trained vanilla model and boosted pair
+(streamed with its delay): paper/audio/<task>/{mixture,target-s<k>,<run>-s<k>}.flac and
+paper/audio/manifest.json.
+"""
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    parser.add_argument("--out", default="paper/audio", help="output directory (default: %(default)s)")
+    parser.add_argument("--index", type=int, default=0, help="test mixture to render (default: %(default)s)")
+    args = parser.parse_args()
+
+    from kboost import stage
+
+    def run() -> None:
+        from kboost.examples import render_examples
+        from kboost.params import load_params
+
+        render_examples(load_params(args.params), args.out, args.index)
+
+    stage.run(run, "examples")
+
+
+if __name__ == "__main__":
+    main()
