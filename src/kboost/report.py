@@ -190,9 +190,22 @@ def complexity_table(study: Study) -> Table:
             table.rows.append([label, TASK_NAMES[task], cell("small"), cell("medium"), cell("boosted_small"),
                                cell("remote_total"), millions(reduction),
                                millions(paper[task]) if task in paper else "n/a"])
-    table.notes.append(study.macs["convention"] if isinstance(study.macs["convention"], str)
-                       else "; ".join(f"{k}: {v}" for k, v in study.macs["convention"].items()))
+    table.notes.extend(_convention_notes(study.macs["convention"]))
     return table
+
+
+def _convention_notes(convention) -> list[str]:
+    """The MAC counting convention of macs.json as readable sentences."""
+    if isinstance(convention, str):
+        return [convention]
+    notes = []
+    for key, value in convention.items():
+        if isinstance(value, dict):
+            value = "; ".join(f"{name.replace('_', ' ')}: {rule}" for name, rule in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        notes.append(f"{key.replace('_', ' ').capitalize()}: {value}.")
+    return notes
 
 
 def paper_vs_run_table(study: Study, reported: dict) -> Table:
