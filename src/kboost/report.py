@@ -328,6 +328,15 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, panels, ylabel: str, legend_size: int, out_dir: Path, name: str) -> list[Path]:
+    """One y label on the first panel, the legend on the last, then save and close."""
+    panels[0].set_ylabel(ylabel)
+    panels[-1].legend(fontsize=legend_size, loc="best")
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
 def figure_delay(study: Study, out_dir: Path) -> list[Path]:
     """SI-SDRi versus delay per task, the vanilla models as horizontal lines."""
     plt = _pyplot()
@@ -345,11 +354,7 @@ def figure_delay(study: Study, out_dir: Path) -> list[Path]:
         ax.set_xlabel("delay (ms)")
         ax.set_xticks(ms)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("SI-SDRi (dB)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    paths = _save(fig, out_dir, "sisdri_vs_delay")
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, "sisdri_vs_delay")
 
 
 def figure_gain_vs_gap(study: Study, out_dir: Path) -> list[Path]:
@@ -383,11 +388,7 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
         ax.set_title(TASK_NAMES[task])
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation SI-SNRi (dB)")
-    axes[0][-1].legend(fontsize=6, loc="best")
-    paths = _save(fig, out_dir, "training_curves")
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, axes[0], "validation SI-SNRi (dB)", 6, out_dir, "training_curves")
 
 
 def render_figures(study: Study, out_dir: Path) -> list[Path]:
