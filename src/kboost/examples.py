@@ -17,7 +17,7 @@ from .dataset import MixtureDataset
 from .evaluation import estimate
 from .experiment import MIXTURES_DIR, VANILLA, checkpoint_path, run_name
 from .fsutil import atomic_dir, write_json
-from .metrics import match_permutation, si_sdr
+from .metrics import match_permutation, score_pairs
 from .models.checkpoint import load_checkpoint
 
 PEAK = 0.99
@@ -63,8 +63,7 @@ def render_examples(params: dict, out_dir: str | Path, index: int = 0) -> dict:
                     name = f"{task}/{run}-s{source + 1}.flac"
                     _write(tmp / name, output[source], rate)
                     entry["files"][run].append(name)
-                entry["si_sdr"][run] = round(float(np.mean([si_sdr(output[s, e], targets[s, e])
-                                                            for s in range(output.shape[0]) for e in range(2)])), 2)
+                entry["si_sdr"][run] = round(score_pairs(output, targets, rate, perceptual=False)["si_sdr"], 2)
             manifest["tasks"][task] = entry
         write_json(tmp / "manifest.json", manifest)
     return manifest

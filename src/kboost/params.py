@@ -85,6 +85,20 @@ class _Checker:
             self.fail(f"{prefix}{key}", f"unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
         return value
 
+    def optional_integer(self, mapping: dict, key: str, prefix: str = "", minimum: int | None = None) -> int | None:
+        """An integer, or null for "no limit"."""
+        if self.value(mapping, key, prefix) is None:
+            return None
+        return self.integer(mapping, key, prefix, minimum)
+
+    def integer_list(self, mapping: dict, key: str, prefix: str = "", what: str = "a list of integers",
+                     non_empty: bool = False) -> list[int]:
+        value = self.value(mapping, key, prefix)
+        if (not isinstance(value, list) or (non_empty and not value)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            self.fail(f"{prefix}{key}", f"must be {what}, got {value!r}")
+        return value
+
     def per_split(self, mapping: dict, key: str, prefix: str = "", minimum: int = 1) -> dict[str, int]:
         counts = self.section(mapping, key, prefix)
         name = f"{prefix}{key}."
@@ -126,10 +140,7 @@ def validate(params: dict, source: str = "params.yaml") -> None:
     check = _Checker(source)
     check.integer(params, "seed", minimum=0)
     check.string_list(params, "tasks", allowed=TASKS)
-    delays = check.value(params, "delays")
-    if (not isinstance(delays, list) or not delays
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in delays)):
-        check.fail("delays", f"must be a non-empty list of integers (chunks of 8 ms), got {delays!r}")
+    delays = check.integer_list(params, "delays", what="a non-empty list of integers (chunks of 8 ms)", non_empty=True)
     if any(d < 0 for d in delays):
         check.fail("delays", f"delays are counted in 8 ms chunks and must be >= 0, got {delays}")
     if len(set(delays)) != len(delays):
@@ -174,10 +185,7 @@ def _validate_ablation(check: _Checker, ablation: dict, delays: list, compressio
     if compression in values:
         check.fail("ablation.compressions", f"P = {compression} is model.compression, which the main boosted runs "
                                             f"already train; list only the other factors")
-    ablation_delays = check.value(ablation, "delays", "ablation.")
-    if not isinstance(ablation_delays, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                        for d in ablation_delays):
-        check.fail("ablation.delays", f"must be a list of delays in chunks, got {ablation_delays!r}")
+    ablation_delays = check.integer_list(ablation, "delays", "ablation.", what="a list of delays in chunks")
     missing = [d for d in ablation_delays if d not in delays]
     if missing:
         check.fail("ablation.delays", f"{missing} not in delays {delays}: the ablation compares against the main "
@@ -287,14 +295,12 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
         if crop * 16000 < CHUNK_SAMPLES:
             check.fail(f"{pt}crop_seconds", f"must hold at least one 8 ms chunk, got {crop} s")
     for key in ("train_mixtures", "val_mixtures"):
-        if check.value(train, key, pt) is not None:
-            check.integer(train, key, pt, minimum=1)
+        check.optional_integer(train, key, pt, minimum=1)
     check.integer(train, "threads", pt, minimum=0)
     check.integer(train, "loader_workers", pt, minimum=0)
     ev = check.section(profile, "eval", prefix)
     pv = f"{prefix}eval."
-    if check.value(ev, "test_mixtures", pv) is not None:
-        check.integer(ev, "test_mixtures", pv, minimum=1)
+    check.optional_integer(ev, "test_mixtures", pv, minimum=1)
     check.integer(ev, "batch_size", pv, minimum=1)
     check.integer(ev, "workers", pv, minimum=1)
     check.integer(ev, "threads", pv, minimum=0)
