@@ -59,16 +59,18 @@ def test_se_small_random_init(tmp_path):
     _check_output(result, tmp_path / "out.wav", _reference(model, source), count_parameters(model))
 
 
-def test_ss_boosted_pair_delay_3(tmp_path):
+@pytest.mark.parametrize("engine", ["compiled", "torch"])
+def test_ss_boosted_pair_delay_3(tmp_path, engine):
     source = _wav(tmp_path / "in.wav", seed=1)
     result = _run("stream", source, tmp_path / "out.wav", "--random-init", "--task", "ss",
-                  "--model", "boosted", "--delay", 3, "--compression", 2)
+                  "--model", "boosted", "--delay", 3, "--compression", 2, "--engine", engine)
     torch.manual_seed(0)
     pair = build_boosted("ss", PAPER_SIZES["small"], PAPER_SIZES["large"], delay=3, compression=2)
     expected = _reference(pair, source)
     assert expected.shape[0] == 4  # speaker 1 L/R, speaker 2 L/R
     _check_output(result, tmp_path / "out.wav", expected, count_parameters(*pair.device_modules()))
     assert "delay 3 chunks = 24 ms" in result.stdout and "of which on device" in result.stdout
+    assert f"engine: {engine}" in result.stdout
 
 
 def test_tse_checkpoint_with_embedding(tmp_path):
