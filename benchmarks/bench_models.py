@@ -3,7 +3,8 @@
     python benchmarks/bench_models.py                 # paper sizes, SS
     python benchmarks/bench_models.py --skip-training
 
-Streaming runs with one thread and batch 1 (a device); training with two threads, batch 8 of
+Streaming runs with one thread and batch 1 (a device), with the PyTorch modules' own step
+[torch] and with the compiled engine of kboost.streaming [compiled]; training with two threads, batch 8 of
 4 s clips (the reference figures of issue #3), in float32 and with bfloat16 autocast; each
 training run is a fresh process whose peak RSS is reported.
 """
@@ -17,40 +18,60 @@ import sys
 import time
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, TFGridNet
+from kboost.streaming import compile_model
 
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _per_chunk_ms(step, audio: torch.Tensor, chunks: int, warm: int = 60) -> float:
+    """Mean milliseconds of ``step(chunk)`` over ``chunks`` chunks, after ``warm`` chunks that
+    fill the attention windows and caches as in steady state."""
+    with torch.inference_mode():
+        for k in range(warm):
+            step(audio[..., k * HOP:(k + 1) * HOP])
+        started = time.perf_counter()
+        for k in range(warm, warm + chunks):
+            step(audio[..., k * HOP:(k + 1) * HOP])
+    return (time.perf_counter() - started) / chunks * 1e3
+
+
 def streaming(task: str, chunks: int, delay: int) -> None:
+    """Per-chunk latency with one thread, batch 1 (a device), for both engines: the PyTorch
+    modules' ``step`` and the compiled engine (kboost.streaming)."""
     torch.set_num_threads(1)
+    threadpool_limits(limits=1)  # the compiled engine's BLAS calls
+    torch.manual_seed(0)
     embedding = torch.randn(1, 256) if task == "tse" else None
     small = TFGridNet(task, PAPER_SIZES["small"]).eval()
     large = TFGridNet(task, PAPER_SIZES["large"]).eval()
     pair = BoostedPair(small, large, delay).eval()  # the vanilla models run on their own state below
     audio = torch.randn(1, 2, (chunks + 60) * HOP)
-
-    def run(step):
-        with torch.inference_mode():
-            for k in range(60):  # warm-up: fill caches as in steady state
-                step(audio[..., k * HOP:(k + 1) * HOP])
-            started = time.perf_counter()
-            for k in range(60, 60 + chunks):
-                step(audio[..., k * HOP:(k + 1) * HOP])
-        return (time.perf_counter() - started) / chunks * 1e3
+    numpy_audio = audio[0].numpy()
 
     results = {}
     for name, model in (("small", small), ("large", large)):
         state = model.initial_state()
-        results[name] = run(lambda c, m=model, s=state: m.step(c, s, embedding))
+        results[(name, "torch")] = _per_chunk_ms(lambda c, m=model, s=state: m.step(c, s, embedding), audio, chunks)
+        engine = compile_model(model, embedding)
+        state = engine.initial_state()
+        results[(name, "compiled")] = _per_chunk_ms(lambda c, e=engine, s=state: e.step(c, s), numpy_audio, chunks)
+    device = "boosted small (device side, hint given)"
     state = pair.initial_state()
     hint = pair.remote_step(audio[..., :HOP], pair.initial_state(), embedding)  # a hint of the right shape
-    results["boosted small (device side, hint given)"] = run(lambda c: pair.device_step(c, hint, state, embedding))
-    for name, ms in results.items():
-        print(f"streaming {task} {name}: {ms:.2f} ms per 8 ms chunk (real-time factor {ms / 8:.3f}), 1 thread")
+    results[(device, "torch")] = _per_chunk_ms(lambda c: pair.device_step(c, hint, state, embedding), audio, chunks)
+    engine = compile_model(pair, embedding)
+    engine_state = engine.initial_state()
+    engine_hint = engine.remote_step(numpy_audio[:, :HOP], engine.initial_state())
+    results[(device, "compiled")] = _per_chunk_ms(lambda c: engine.device_step(c, engine_hint, engine_state),
+                                                  numpy_audio, chunks)
+    for (name, kind), ms in results.items():
+        print(f"streaming {task} {name} [{kind}]: {ms:.2f} ms per 8 ms chunk "
+              f"(real-time factor {ms / 8:.3f}), 1 thread")
 
 
 def training_step(task: str, batch: int, seconds: float, size: str, steps: int, precision: str) -> tuple[float, float]:
