@@ -463,11 +463,6 @@ def _net_step(chunk, hint, net, merges, state, merge_state, out):
     _synthesise(net.front, state, out)
 
 
-@_jit
-def _compress(spec_hist, conv, hint):
-    _conv(spec_hist, conv, hint)
-
-
 # ------------------------------------------------------------------------------ export
 def _array(tensor: torch.Tensor) -> np.ndarray:
     """A float32 C-contiguous copy (never a view of the tensor: the engine is a snapshot)."""
@@ -679,7 +674,7 @@ class CompiledBoostedPair:
         self.large.run(_check_chunk(chunk), large)
         _push_frame(state.spec_hist, large.spec)
         hint = np.empty((N_FREQS, self.hint_channels), np.float32)
-        _compress(state.spec_hist, self.compression, hint)
+        _conv(state.spec_hist, self.compression, hint)
         return hint
 
     def deliver(self, sent: np.ndarray, state: BoostedState) -> np.ndarray:
