@@ -469,21 +469,17 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return np.array(tensor.detach().cpu().float().numpy(), dtype=np.float32, order="C", copy=True)
 
 
-def _front_end() -> FrontEnd:
-    n = np.arange(N_FFT)
-    k = np.arange(N_FREQS)
-    window = np.hamming(N_FFT + 1)[:N_FFT]  # periodic Hamming, as torch.hamming_window(periodic=True)
-    angle = 2 * np.pi * np.outer(n, k) / N_FFT  # [192, F]
+def _front_end(frontend) -> FrontEnd:
+    """DFT matrices with the model's own analysis window, and its overlap-add envelope."""
+    window = frontend.window.double().numpy()
+    angle = 2 * np.pi * np.outer(np.arange(N_FFT), np.arange(N_FREQS)) / N_FFT  # [192, F]
     weights = np.full(N_FREQS, 2.0)
     weights[0] = weights[-1] = 1.0  # irfft: DC and Nyquist once, the rest twice (conjugate half)
     synth_re = (weights[:, None] * np.cos(angle.T) / N_FFT) * window
     synth_im = (-weights[:, None] * np.sin(angle.T) / N_FFT) * window
-    w2 = window**2
-    envelope = w2[:HOP].copy()
-    envelope[:LOOKAHEAD] += w2[HOP:]
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     return FrontEnd(f32(window[:, None] * np.cos(angle)), f32(-window[:, None] * np.sin(angle)),
-                    f32(synth_re), f32(synth_im), f32(envelope))
+                    f32(synth_re), f32(synth_im), _array(frontend.envelope))
 
 
 def _conv_weights(weight: torch.Tensor, bias: torch.Tensor) -> Conv:
@@ -551,7 +547,7 @@ def _net(model: TFGridNet, embedding: torch.Tensor | None) -> Net:
     else:
         scale = shift = np.zeros((0, N_FREQS, d), dtype=np.float32)
     deconv = model.output_conv.deconv  # transposed conv = conv with the kernel flipped, in/out swapped
-    return Net(_front_end(), _conv_weights(model.input_conv.conv.weight, model.input_conv.conv.bias),
+    return Net(_front_end(model.frontend), _conv_weights(model.input_conv.conv.weight, model.input_conv.conv.bias),
                _array(model.input_norm.weight), _array(model.input_norm.bias), _blocks(model),
                _attention_weights(layers, d), np.ascontiguousarray(scale), np.ascontiguousarray(shift),
                _conv_weights(deconv.weight.transpose(0, 1).flip(2, 3), deconv.bias))
@@ -599,6 +595,10 @@ class CompiledGridNet:
         self.n_outputs = model.n_outputs
         self.net = _net(model, _check_embedding(model.task, embedding))
         self.window = model.size.window
+        # A vanilla model runs the same compiled step with no merge modules (empty weights).
+        no_merges = _no_merges(model.size.emb_dim)
+        self._no_merges = (no_merges, MergeState(np.zeros((0, 0, N_FREQS, model.size.emb_dim), np.float32),
+                                                 np.zeros(1, np.int64), _attention_state(no_merges.attention, 1)))
 
     def initial_state(self) -> NetState:
         d, h, blocks = self.size.emb_dim, self.size.hidden, self.size.blocks
@@ -612,7 +612,7 @@ class CompiledGridNet:
     def run(self, chunk: np.ndarray, state: NetState, hint=None, merges=None, merge_state=None) -> np.ndarray:
         out = np.empty((self.n_outputs, HOP), np.float32)
         if merges is None:
-            merges, merge_state = _NO_MERGES[self.size.emb_dim]
+            merges, merge_state = self._no_merges
         _net_step(chunk, hint if hint is not None else _NO_HINT, self.net, merges, state, merge_state, out)
         return out
 
@@ -622,18 +622,6 @@ class CompiledGridNet:
         return out.reshape(SOURCES[self.task], MICS, HOP)
 
 
-class _NoMerges(dict):
-    """Empty merge weights and state per width (a vanilla model runs the same compiled step)."""
-
-    def __missing__(self, dim):
-        merges = _no_merges(dim)
-        state = MergeState(np.zeros((0, 0, N_FREQS, dim), np.float32), np.zeros(1, np.int64),
-                           _attention_state(merges.attention, 1))
-        self[dim] = (merges, state)
-        return self[dim]
-
-
-_NO_MERGES = _NoMerges()
 _NO_HINT = np.zeros((N_FREQS, 1), np.float32)
 
 
