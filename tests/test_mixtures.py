@@ -8,9 +8,9 @@ import soundfile as sf
 import yaml
 
 from fake_corpus import make_corpus, tree_files
-from kboost.audio import AudioError
+from kboost.audio import AudioError, quantize_pcm16
 from kboost.dataset import MixtureDataset
-from kboost.mixtures import STEMS, SynthesisError, synthesize_task
+from kboost.mixtures import STEMS, SynthesisError, peak_scale, synthesize_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_peak_scale_limits_every_stem_not_only_the_mixture():
+    wave = np.sin(np.linspace(0, 20, 1000))[None].repeat(2, axis=0)
+    loud, cancelling, noise = 1.2 * wave, -1.1 * wave, 0.01 * wave  # mixture peak ~0.11, a stem 1.2
+    scale = peak_scale([loud, cancelling, noise], 0.9)
+    assert scale == pytest.approx(0.9 / np.max(np.abs(loud)))
+    for part in (loud, cancelling, noise):
+        quantize_pcm16(part * scale)  # raises if a stem would clip
+    assert peak_scale([0.1 * wave, 0.2 * wave], 0.9) == 1.0  # quiet mixtures are left alone
+    assert peak_scale([0.6 * wave, 0.6 * wave], 0.9) == pytest.approx(0.9 / np.max(np.abs(1.2 * wave)))
 
 
 def _params(workers=1):

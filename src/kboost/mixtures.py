@@ -230,6 +230,14 @@ def _noise_segment(row: dict, roots: dict) -> np.ndarray:
     return noise[:, idx]
 
 
+def peak_scale(parts: list[np.ndarray], peak_limit: float) -> float:
+    """Gain (at most 1) that brings the mixture of ``parts`` and every part itself to at most
+    ``peak_limit``. Parts count too: a loud image can exceed the mixture's peak where another
+    source cancels it, and every stem is stored on the 16-bit grid."""
+    peak = max(float(np.max(np.abs(x))) for x in [np.sum(parts, axis=0), *parts])
+    return min(1.0, peak_limit / peak)
+
+
 def render_mixture(job: tuple[dict, dict, str, float]) -> dict:
     """Write one planned mixture's stems; return the gains actually applied."""
     row, roots, split_dir, peak_limit = job
@@ -241,9 +249,7 @@ def render_mixture(job: tuple[dict, dict, str, float]) -> dict:
     if noise_rms < SILENCE_RMS:
         raise AudioError(f"{Path(roots['noise']) / row['noise_file']}: segment at {row['noise_start']} is silent")
     noise *= _rms(speech) / noise_rms * 10.0 ** (-row["snr_db"] / 20.0)
-    mixture = speech + noise
-    peak = float(np.max(np.abs(mixture)))
-    scale = min(1.0, peak_limit / peak)
+    scale = peak_scale([*images, noise], peak_limit)
     stems = [quantize_pcm16(x * scale) for x in images] + [quantize_pcm16(noise * scale)]
     mix = np.sum(stems, axis=0, dtype=np.float64).astype(np.float32)  # exact: all on the 16-bit grid
     split_dir = Path(split_dir)
