@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +98,50 @@ def test_non_finite_loss_stops_with_step_and_ids_and_keeps_checkpoints(mixtures,
     _trainer(mixtures, tmp_path, _settings(epochs=1)).fit()
     before = (tmp_path / "last.pt").read_bytes(), (tmp_path / "best.pt").read_bytes()
     poisoned = _Poisoned(MixtureDataset(mixtures / "data" / "mixtures" / "ss", "train"))
-    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 2, step 1, batch mixtures \['ss-train-"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 2, step 1 \(nan\) in batch mixtures \['ss-train-"):
         _trainer(mixtures, tmp_path, _settings(epochs=2), train_set=poisoned).fit()
     assert ((tmp_path / "last.pt").read_bytes(), (tmp_path / "best.pt").read_bytes()) == before
+
+
+def _ddp_worker(rank: int, root: Path, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.manual_seed(0)
+    data = root / "data" / "mixtures" / "ss"
+    train_set = MixtureDataset(data, "train")
+    if rank == 1:
+        train_set = _Poisoned(train_set)
+    trainer = Trainer(TFGridNet("ss", TINY), "ss", train_set, MixtureDataset(data, "val"), _settings(epochs=1),
+                      root / f"ddp-{rank}", None, {"test": True}, progress=False)
+    try:
+        trainer.fit()
+        results.put((rank, "finished"))
+    except TrainingError as error:
+        results.put((rank, str(error)))
+
+
+def test_non_finite_loss_on_one_process_stops_every_process(mixtures):
+    """Under DDP a NaN on one rank must not leave the other waiting in the gradient all-reduce."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_ddp_worker, args=(rank, mixtures, port, results)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    hung = [worker for worker in workers if worker.is_alive()]
+    for worker in hung:
+        worker.kill()
+    assert not hung, "a process hung after another one hit a non-finite loss"
+    messages = dict(results.get(timeout=5) for _ in workers)
+    assert re.search(r"step 1 \(nan\) in batch mixtures \['ss-train-", messages[1])
+    assert "step 1 in another process's batch" in messages[0]
 
 
 def test_boosted_pair_trains_the_large_model_through_the_small_loss(mixtures, tmp_path):

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .fsutil import atomic_file
 from .metrics import score_utterance
 from .models import HOP, LOOKAHEAD, BoostedPair
 from .parallel import map_ordered
@@ -98,7 +99,5 @@ def _finite(value: float):
 
 
 def write_rows(rows: pd.DataFrame, path: Path) -> None:
-    from .fsutil import atomic_file
-
     with atomic_file(path) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6f")

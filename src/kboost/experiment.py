@@ -140,6 +140,7 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
     from .models import count_parameters
     from .models.checkpoint import load_checkpoint
     from .params import active_profile, load_params
+    from .training import best_epoch
 
     params = load_params(params_path)
     prof = active_profile(params)["eval"]
@@ -163,15 +164,12 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
             rows = rows.join(mixture.add_suffix("_mixture"), on="mixture_id")
         summary.update(summarise(rows, SUMMARY_METRICS))
         device = [model.small, model.merges] if info.kind == "boosted" else [model]
+        history = info.meta.get("history")
         summary.update(kind=info.kind, delay=info.delay, compression=info.compression,
                        sizes={role: size.to_dict() for role, size in info.sizes.items()},
                        parameters_on_device=count_parameters(*device),
-                       best_epoch=_best_epoch(info.meta), streaming=info.kind == "boosted")
+                       best_epoch=best_epoch(history)["epoch"] if history else None, streaming=info.kind == "boosted")
     write_rows(rows, rows_path)
     write_json(summary_path, summary)
     return summary
 
-
-def _best_epoch(meta: dict) -> int | None:
-    history = meta.get("history") or []
-    return max(history, key=lambda row: row["val_si_snri"])["epoch"] if history else None

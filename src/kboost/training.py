@@ -191,6 +191,12 @@ def fingerprint(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def best_epoch(history: list[dict]) -> dict:
+    """The history row of the best validation SI-SNRi (the first such epoch on ties): the
+    epoch whose weights best.pt holds."""
+    return max(history, key=lambda row: row["val_si_snri"])
+
+
 # ---------------------------------------------------------------------------------- trainer
 class Trainer:
     """Train ``model`` (a TFGridNet or a BoostedPair) on ``train_set``, validating on ``val_set``.
@@ -274,7 +280,8 @@ class Trainer:
         with self._autocast():
             return model(mixture, embedding).float()
 
-    def _loader(self, dataset: Dataset, batch: int, shuffle_seed: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch: int) -> DataLoader:
+        """Batches in the dataset's order (EpochView already shuffled and sharded it)."""
         workers = self.settings.loader_workers
         return DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=collate, num_workers=workers,
                           pin_memory=self.rt.device.type == "cuda", persistent_workers=False,
@@ -286,15 +293,19 @@ class Trainer:
         view = EpochView(self.train_set, s.seed, epoch, s.crop_samples, self.rt.rank, self.rt.world, s.per_epoch)
         self.model.train()
         total, count, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(self._loader(view, s.batch_size // self.rt.world, True), desc=f"epoch {epoch + 1}/{s.epochs}",
+        bar = tqdm(self._loader(view, s.batch_size // self.rt.world), desc=f"epoch {epoch + 1}/{s.epochs}",
                    unit="batch", dynamic_ncols=True, mininterval=2.0, disable=not (self.progress and self.rt.main))
         for step, batch in enumerate(bar):
             batch = trim_to_chunks(batch)
             targets = batch["targets"].to(self.rt.device, non_blocking=True)
             loss = negative_si_sdr(self._forward(self.trained, batch), targets, self.permutation_invariant)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}, "
-                                    f"batch mixtures {batch['id']}; no checkpoint was written for this epoch")
+            # Every process must stop at the same step, or the others would wait forever in the
+            # next gradient all-reduce.
+            finite = bool(torch.isfinite(loss))
+            if _all_sum([float(not finite)], self.rt)[0]:
+                where = "in another process's batch" if finite else f"({loss.item()}) in batch mixtures {batch['id']}"
+                raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} {where}; "
+                                    f"no checkpoint was written for this epoch")
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm)
@@ -319,7 +330,7 @@ class Trainer:
         view = EpochView(self.val_set, 0, 0, None, self.rt.rank, self.rt.world)
         view.order = torch.arange(len(self.val_set))  # fixed order, whole clips
         total, count = 0.0, 0
-        for batch in self._loader(view, self.settings.batch_size, False):
+        for batch in self._loader(view, self.settings.batch_size):
             batch = trim_to_chunks(batch)
             targets = batch["targets"].to(self.rt.device)
             estimate = self._forward(self.model, batch)
@@ -358,7 +369,7 @@ class Trainer:
             _barrier(self.rt)
         if not self.history:
             raise TrainingError("no epoch was run (epochs must be >= 1)")
-        best_row = max(self.history, key=lambda r: r["val_si_snri"])
+        best_row = best_epoch(self.history)
         return {"epochs": len(self.history), "best_epoch": best_row["epoch"],
                 "best_val_si_snri": best_row["val_si_snri"], "final_val_si_snri": self.history[-1]["val_si_snri"],
                 "final_train_loss": self.history[-1]["train_loss"],
