@@ -43,7 +43,8 @@ def probe_params(args) -> dict:
     profile = params["profiles"][params["profile"]]
     profile["data"]["mixtures"]["train"] = args.train_mixtures
     epochs = max(1, round(args.clips / args.epoch_clips))
-    profile["train"].update(vanilla_epochs=epochs, train_mixtures=args.epoch_clips, threads=args.threads)
+    profile["train"].update(vanilla_epochs=epochs, train_mixtures=args.epoch_clips, threads=args.threads, processes=1,
+                            batch_size=args.batch_size)
     for item in args.set:
         key, _, value = item.partition("=")
         _set(params, key, yaml.safe_load(value))
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--train-mixtures", type=int, default=2000,
                         help="training mixtures to synthesise (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="threads per model (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="clips per optimiser step (default: %(default)s)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                         help="further params.yaml overrides, e.g. profiles.demo.train.crop_seconds=null")
     parser.add_argument("--workdir", default="/tmp/kboost-learning", help="scratch directory (default: %(default)s)")
@@ -105,7 +107,7 @@ def main() -> None:
         with path.open() as handle:
             curves[model] = [float(row["val_si_snri"]) for row in csv.DictReader(handle, delimiter="\t")]
     print(f"\n{args.task}: validation SI-SNRi (dB) after each {args.epoch_clips} training clips "
-          f"(batch {params['profiles'][params['profile']]['train']['batch_size']}, "
+          f"(batch {args.batch_size}, "
           f"{args.train_mixtures} training mixtures, {args.threads} thread(s) per model, {wall / 60:.1f} min in all)")
     print("clips  " + "  ".join(f"{model:>7}" for model in args.models))
     for epoch in range(max(len(curve) for curve in curves.values())):

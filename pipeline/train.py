@@ -6,9 +6,12 @@ validation SI-SNRi), last.pt (resumable) and params.yaml (the resolved settings)
 --live. A killed run resumes from last.pt when rerun. A boosted pair's large model starts from
 --large (the trained vanilla large model of the same task).
 
-Several GPUs: torchrun --nproc_per_node N pipeline/train.py ... (DistributedDataParallel).
+Several processes (GPUs, or CPU cores): params profiles.<profile>.train.processes = N makes this
+script run itself under torchrun (DistributedDataParallel, the batch split across processes);
+starting it under torchrun by hand works too.
 """
 import argparse
+import sys
 
 
 def main() -> None:
@@ -27,7 +30,12 @@ def main() -> None:
     from kboost import stage
 
     def run() -> None:
+        from kboost.distributed import exec_under_torchrun
         from kboost.experiment import train_from_params
+        from kboost.params import active_profile, load_params
+
+        processes = active_profile(load_params(args.params))["train"]["processes"]
+        exec_under_torchrun(processes, __file__, sys.argv[1:])  # does not return when processes > 1
 
         train_from_params(args.params, args.task, args.model, args.out, args.live, delay=args.delay,
                           compression=args.compression, large_checkpoint=args.large, progress=not args.no_progress)

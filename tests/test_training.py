@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,15 +199,69 @@ def test_stage_killed_mid_epoch_resumes_to_the_same_result(mixtures, tmp_path):
     assert not list((killed / "data/models/ss/small").glob(".*tmp*"))
 
 
-def test_torchrun_two_cpu_processes_train_one_model(mixtures, tmp_path):
-    """DistributedDataParallel over Gloo: two processes split the batch; rank 0 writes."""
-    repo = _smoke_repo(mixtures, tmp_path, "ddp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
-               "--out", "data/models/ss/small", "--live", "metrics/train/ss/small", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+def _stage_processes(repo: Path) -> list[int]:
+    """PIDs of processes (other than this one) whose working directory is ``repo``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if Path(os.readlink(proc / "cwd")) == repo:
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_processes_param_trains_under_torchrun_and_resumes_after_a_kill(mixtures, tmp_path):
+    """profiles.<p>.train.processes = 2: the stage runs itself as two DistributedDataParallel
+    workers (Gloo); a worker killed mid-epoch fails the stage, and a rerun resumes to the same
+    result as an uninterrupted two-process run."""
+    def two_process_repo(name):
+        repo = _smoke_repo(mixtures, tmp_path, name)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["profiles"]["smoke"]["train"]["processes"] = 2
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        return repo
+
+    straight = two_process_repo("straight")
+    result = _stage(straight)
     assert result.returncode == 0, result.stderr[-3000:]
-    payload = read_checkpoint(repo / "data/models/ss/small/last.pt")
-    assert payload["meta"]["epochs_done"] == 3
-    assert json.loads((repo / "metrics/train/ss/small/metrics.json").read_text())["step"] == 3
+    payload = read_checkpoint(straight / "data/models/ss/small/last.pt")
+    assert (payload["meta"]["epochs_done"], payload["meta"]["processes"]) == (3, 2)
+    assert json.loads((straight / "metrics/train/ss/small/metrics.json").read_text())["step"] == 3
+
+    killed = two_process_repo("killed")
+    result = _stage(killed, env={"KBOOST_KILL_AFTER_STEPS": "6"})  # both workers die in epoch 2 of 3
+    assert result.returncode != 0
+    assert read_checkpoint(killed / "data/models/ss/small/last.pt")["meta"]["epochs_done"] == 1
+    resumed = _stage(killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    a = read_checkpoint(straight / "data/models/ss/small/last.pt")
+    b = read_checkpoint(killed / "data/models/ss/small/last.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_killing_the_launcher_leaves_no_worker_behind(mixtures, tmp_path):
+    repo = _smoke_repo(mixtures, tmp_path, "orphans")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profiles"]["smoke"]["train"].update(processes=2, vanilla_epochs=1000)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
+               "--out", "data/models/ss/small", "--no-progress"]
+    launcher = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (repo / "data/models/ss/small/last.pt").exists():  # the workers are training
+            assert launcher.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        assert len(_stage_processes(repo)) >= 3  # torchrun and its two workers
+        launcher.kill()  # SIGKILL: no chance to clean up
+        launcher.wait()
+        deadline = time.monotonic() + 20
+        while _stage_processes(repo) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _stage_processes(repo) == [], "workers outlived their killed launcher"
+    finally:
+        for pid in _stage_processes(repo):
+            os.kill(pid, 9)

@@ -297,6 +297,10 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     for key in ("train_mixtures", "val_mixtures"):
         check.optional_integer(train, key, pt, minimum=1)
     check.integer(train, "threads", pt, minimum=0)
+    processes = check.integer(train, "processes", pt, minimum=1)
+    if train["batch_size"] % processes:
+        check.fail(f"{pt}batch_size", f"{train['batch_size']} must be divisible by processes ({processes}): "
+                                      "it is the global batch, split evenly across processes")
     check.integer(train, "loader_workers", pt, minimum=0)
     ev = check.section(profile, "eval", prefix)
     pv = f"{prefix}eval."

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .distributed import all_sum, barrier, runtime
 from .models.checkpoint import read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
@@ -118,52 +119,6 @@ def trim_to_chunks(batch: dict) -> dict:
     return dict(batch, mixture=batch["mixture"][..., :length], targets=batch["targets"][..., :length])
 
 
-# ------------------------------------------------------------------------------ distributed
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def runtime() -> Runtime:
-    """Device and process group: CUDA when available, DDP under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = dist.get_rank()
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            torch.cuda.set_device(local)
-            return Runtime(torch.device("cuda", local), rank, world)
-        return Runtime(torch.device("cpu"), rank, world)
-    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _all_sum(values: list[float], rt: Runtime) -> list[float]:
-    if rt.world == 1:
-        return values
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _barrier(rt: Runtime) -> None:
-    if rt.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def _fault_injection(steps: int) -> None:
     """Tests set KBOOST_KILL_AFTER_STEPS=N to SIGKILL this process after N optimiser steps,
     the way an out-of-memory killer or a pulled plug would end a run mid-epoch."""
@@ -219,7 +174,7 @@ class Trainer:
         if settings.threads and self.rt.device.type == "cpu":
             torch.set_num_threads(settings.threads)
         self.model = model.to(self.rt.device)
-        self.meta = dict(meta)
+        self.meta = dict(meta, processes=self.rt.world)  # DDP splits batches: other numerics
         # Everything but the epoch count: raising `epochs` continues a finished run, which gives
         # the same result as training that long from the start (no schedule depends on it).
         described = {k: v for k, v in asdict(settings).items() if k not in ("epochs", "loader_workers")}
@@ -302,7 +257,7 @@ class Trainer:
             # Every process must stop at the same step, or the others would wait forever in the
             # next gradient all-reduce.
             finite = bool(torch.isfinite(loss))
-            if _all_sum([float(not finite)], self.rt)[0]:
+            if all_sum([float(not finite)], self.rt)[0]:
                 where = "in another process's batch" if finite else f"({loss.item()}) in batch mixtures {batch['id']}"
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} {where}; "
                                     f"no checkpoint was written for this epoch")
@@ -319,7 +274,7 @@ class Trainer:
             count += len(batch["id"])
             bar.set_postfix(loss=f"{total / count:.2f}", clips_per_s=f"{count / (time.perf_counter() - started):.1f}",
                             refresh=False)  # the bar redraws at its own pace (mininterval)
-        total, count = _all_sum([total, float(count)], self.rt)
+        total, count = all_sum([total, float(count)], self.rt)
         seconds = time.perf_counter() - started
         return total / max(count, 1), count / seconds
 
@@ -338,7 +293,7 @@ class Trainer:
             gain = pit_si_sdr(estimate, targets) - si_sdr(mixture, targets)  # [B, S, 2]
             total += gain.mean(dim=(1, 2)).sum().item()
             count += len(batch["id"])
-        total, count = _all_sum([total, float(count)], self.rt)
+        total, count = all_sum([total, float(count)], self.rt)
         return total / max(count, 1)
 
     # ------------------------------------------------------------------------------- fit
@@ -366,7 +321,7 @@ class Trainer:
                 self._replay_live()
                 log.info("epoch %d/%d: loss %.3f, val SI-SNRi %.2f dB, lr %.2g, %.1f clips/s, %.0f s",
                          epoch + 1, s.epochs, loss, val, row["lr"], throughput, row["seconds"])
-            _barrier(self.rt)
+            barrier(self.rt)
         if not self.history:
             raise TrainingError("no epoch was run (epochs must be >= 1)")
         best_row = best_epoch(self.history)
