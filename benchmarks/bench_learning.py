@@ -19,6 +19,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="clips per optimiser step (default: %(default)s)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                         help="further params.yaml overrides, e.g. profiles.demo.train.crop_seconds=null")
-    parser.add_argument("--workdir", default="/tmp/kboost-learning", help="scratch directory (default: %(default)s)")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "kboost-learning"),
+                        help="scratch directory (default: %(default)s)")
     args = parser.parse_args()
 
     corpus = REPO / "data" / "corpus"
