@@ -54,6 +54,22 @@ def test_boosted_round_trip(tmp_path, compression):
         assert torch.equal(pair(audio), loaded(audio))
 
 
+@pytest.mark.parametrize("merge_start", ["zeros", "masked"])
+def test_merge_start_is_stored(tmp_path, merge_start):
+    pair = build_boosted("ss", TINY_SMALL, TINY_LARGE, delay=2, merge_start=merge_start)
+    save_checkpoint(tmp_path / "b.pt", pair, {})
+    assert load_checkpoint(tmp_path / "b.pt")[0].merge_start == merge_start
+
+
+def test_boosted_checkpoints_of_earlier_versions_load_as_masked(tmp_path):
+    """Files written before merge_start was recorded were trained with the masked start."""
+    save_checkpoint(tmp_path / "b.pt", build_boosted("ss", TINY_SMALL, TINY_LARGE, delay=2), {})
+    payload = torch.load(tmp_path / "b.pt", weights_only=True)
+    del payload["merge_start"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[0].merge_start == "masked"
+
+
 def test_plain_weights_only_load(tmp_path):
     """The file is readable with torch.load(weights_only=True) alone, as documented."""
     torch.manual_seed(2)

@@ -16,18 +16,23 @@ def _embedding(task, batch=1):
 
 
 def _stream(model, audio, embedding, **kwargs):
-    """Run ``model`` chunk by chunk; return the output aligned with the input (lag removed)."""
+    """Run ``model`` chunk by chunk, then one silent chunk (which makes the clip's last 64
+    samples final); return all N output samples aligned with the input (lag removed)."""
+    n = audio.shape[-1]
+    audio = torch.nn.functional.pad(audio, (0, HOP))
+    kwargs = {key: torch.nn.functional.pad(value, (0, HOP)) for key, value in kwargs.items()}
     state = model.initial_state(audio.shape[0])
     outs = []
     for k in range(audio.shape[-1] // HOP):
         extra = {key: value[..., k * HOP:(k + 1) * HOP] for key, value in kwargs.items()}
         out, state = model.step(audio[..., k * HOP:(k + 1) * HOP], state, embedding, **extra)
         outs.append(out)
-    return torch.cat(outs, dim=-1)[..., 64:]
+    return torch.cat(outs, dim=-1)[..., 64: 64 + n]
 
 
 def _assert_close(whole, streamed):
-    whole = whole[..., : streamed.shape[-1]]
+    """All samples, the clip's last 64 included."""
+    assert whole.shape == streamed.shape
     scale = whole.abs().max()
     assert torch.isfinite(streamed).all()
     assert (whole - streamed).abs().max() <= 1e-5 * scale, (whole - streamed).abs().max() / scale
@@ -43,23 +48,28 @@ def test_vanilla_streaming_equals_whole_clip(task, size):
         _assert_close(model(audio, embedding), _stream(model, audio, embedding))
 
 
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("delay", [0, 1, 3, 6])
-@pytest.mark.parametrize("compression", [1, 2, 4])
-def test_boosted_streaming_equals_whole_clip(task, delay, compression):
+# The authors' merge start ("zeros") on the whole grid, the other one on SS with P = 1.
+BOOSTED_GRID = [(task, delay, compression, "zeros") for task in TASKS for delay in (0, 1, 3, 6)
+                for compression in (1, 2, 4)] + [("ss", delay, 1, "masked") for delay in (0, 1, 3, 6)]
+
+
+@pytest.mark.parametrize("task, delay, compression, merge_start", BOOSTED_GRID)
+def test_boosted_streaming_equals_whole_clip(task, delay, compression, merge_start):
     torch.manual_seed(1)
     pair = BoostedPair(TFGridNet(task, PAPER_SIZES["small"]), TFGridNet(task, PAPER_SIZES["large"]),
-                       delay=delay, compression=compression).eval()
+                       delay=delay, compression=compression, merge_start=merge_start).eval()
     audio, embedding = torch.randn(1, 2, 10 * HOP), _embedding(task)
     with torch.inference_mode():
         _assert_close(pair(audio, embedding), _stream(pair, audio, embedding))
 
 
 @pytest.mark.parametrize("delay", [0, 2, 7])
-def test_windows_expire_the_same_way_in_both_paths(delay):
+@pytest.mark.parametrize("merge_start", ["zeros", "masked"])
+def test_windows_expire_the_same_way_in_both_paths(delay, merge_start):
     """Clips longer than the attention windows (self-attention and merge cross-attention)."""
     torch.manual_seed(2)
-    pair = BoostedPair(TFGridNet("ss", TINY_SMALL), TFGridNet("ss", TINY_LARGE), delay=delay).eval()
+    pair = BoostedPair(TFGridNet("ss", TINY_SMALL), TFGridNet("ss", TINY_LARGE), delay=delay,
+                       merge_start=merge_start).eval()
     audio = torch.randn(1, 2, 24 * HOP)
     with torch.inference_mode():
         _assert_close(pair(audio), _stream(pair, audio, None))
@@ -130,6 +140,17 @@ def test_bad_configurations_are_explained():
         BoostedPair(TFGridNet("ss", TINY_SMALL), TFGridNet("ss", TINY_LARGE), delay=1, compression=3)
     with pytest.raises(ValueError, match="emb_dim 10 must be divisible by heads 4"):
         GridNetSize.from_dict({"emb_dim": 10, "hidden": 4, "blocks": 2, "heads": 4})
+
+
+def test_whole_clip_tail_is_the_stream_going_on_with_silence():
+    """The clip's last 64 samples come from one more (silent) chunk, not from dividing the last
+    frame's tail by the window's near-zero end: they stay at the level of the rest."""
+    torch.manual_seed(5)
+    model = TFGridNet("ss", PAPER_SIZES["small"]).eval()
+    audio = torch.randn(2, 2, 8 * HOP)
+    with torch.inference_mode():
+        out = model(audio)
+    assert out[..., -64:].abs().max() <= 2 * out[..., :-64].abs().max()
 
 
 def test_gradients_reach_the_large_model():

@@ -66,6 +66,13 @@ def test_boosted_pair_ss(delay, compression):
     assert _compare(pair, "ss") <= 1e-5
 
 
+@pytest.mark.parametrize("merge_start", ["zeros", "masked"])
+def test_merge_start_settings_stream_alike(merge_start):
+    """Chunks beyond the merge window, so the zero frames of the "zeros" start leave it."""
+    pair = _perturbed(BoostedPair(TFGridNet("ss", SMALL), TFGridNet("ss", LARGE), 2, 1, merge_start=merge_start))
+    assert _compare(pair, "ss", chunks=2 * SMALL.window + 3) <= 1e-5
+
+
 @pytest.mark.parametrize("task", ["se", "tse"])
 def test_boosted_pair_other_tasks(task):
     pair = _perturbed(BoostedPair(TFGridNet(task, SMALL), TFGridNet(task, LARGE), 3, 2))

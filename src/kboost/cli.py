@@ -108,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the random initialisation with --random-init (default: 0)")
     stream.set_defaults(handler=stream_command)
+
+    convert = commands.add_parser(
+        "import-authors",
+        help="convert a checkpoint of the authors' code (vysri/knowledge-boosting) into ours",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Read a checkpoint of the authors' models (a Lightning .ckpt with a state_dict, or
+            a bare state_dict .pt) of a TF-GridNet baseline (SS / TSE, any size) or of a joint
+            model (B0-B6, compression variants), map every tensor onto this project's models
+            and write this project's checkpoint, for `kboost stream --checkpoint` and the
+            evaluation code. Sizes, task and compression are read off the tensors; a joint
+            model's delay is not stored in its weights and must be given. The result equals
+            the authors' model on every output sample (to ~1e-6; README "Equivalence with
+            the authors' code")."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              kboost import-authors SM-BS-25.ckpt ss-small.pt
+              kboost import-authors B6-SS.ckpt ss-boosted-d6.pt --delay 6"""))
+    convert.add_argument("source", metavar="AUTHORS.ckpt", type=Path, help="the authors' checkpoint")
+    convert.add_argument("output", metavar="OUT.pt", type=Path, help="where to write our checkpoint")
+    convert.add_argument("--task", choices=["se", "ss", "tse"],
+                         help="the model's task (default: read off the tensors: speaker conditioning "
+                              "= tse, 4 complex outputs = ss, 2 = se)")
+    convert.add_argument("--delay", type=_non_negative, metavar="N",
+                         help="joint models: the hint delay in 8 ms chunks (their config's "
+                              "joint_model_params.delay, e.g. 6 for B6)")
+    convert.add_argument("--window", type=_positive, default=50, metavar="FRAMES",
+                         help="attention windows (their local_atten_len and cross_attention_ctx_len; "
+                              "default: %(default)s, as in every released config)")
+    convert.set_defaults(handler=import_authors_command)
     return parser
 
 
@@ -329,6 +359,32 @@ def stream_command(args) -> None:
         print(f"  of which on device (small + merge modules): {1000 * device / chunks:.3f} ms per chunk, "
               f"real-time factor {device / duration:.4f}; the rest is the remote side")
     print(f"output: {args.output}, {output.shape[0]} channels, {SAMPLE_RATE} Hz")
+
+
+# -------------------------------------------------------------------------- import-authors
+def import_authors_command(args) -> None:
+    from .download import file_digest
+    from .models import BoostedPair
+    from .models.authors import import_authors
+    from .models.checkpoint import save_checkpoint
+
+    if args.output.suffix not in (".pt", ".pth") or args.output.is_dir():
+        raise CliError(f"{args.output}: the output must be a .pt file path")
+    if not args.output.parent.is_dir():
+        raise CliError(f"{args.output}: folder {args.output.parent} does not exist")
+    model = import_authors(args.source, task=args.task, delay=args.delay, window=args.window)
+    if args.delay is not None and not isinstance(model, BoostedPair):
+        raise CliError(f"--delay applies to joint models; {args.source} is a baseline TF-GridNet")
+    meta = {"imported_from": {"file": str(args.source), "sha256": file_digest(args.source),
+                              "code": "github vysri/knowledge-boosting"}}
+    save_checkpoint(args.output, model, meta)
+    if isinstance(model, BoostedPair):
+        what = (f"joint {model.task} model: small {_size(model.small.size)} + large {_size(model.large.size)}, "
+                f"delay {model.delay} chunks, compression {model.compression.factor}")
+    else:
+        what = f"{model.task} TF-GridNet {_size(model.size)}"
+    print(f"{args.source}: {what}; {len(model.state_dict())} tensors, parameters {_parameters(model)}")
+    print(f"wrote {args.output}")
 
 
 # ------------------------------------------------------------------------------------ main

@@ -84,6 +84,8 @@ def _attention_hook(module: LocalAttention, inputs, output):
     cache = output[1]
     if frames == 1 and cache is not None:  # one streaming frame; cache = (keys, values, seen)
         pairs = min(cache[2], module.window)
+    elif module.start == "zeros":  # whole clip: every query sees a full window (zero frames first)
+        pairs = frames * module.window
     else:  # whole clip: query t sees min(t + 1, window) context frames
         pairs = sum(min(t + 1, module.window) for t in range(frames))
     module.__flops__ += int(batch * pairs * per_pair)

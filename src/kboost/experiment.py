@@ -91,7 +91,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
 
     torch.manual_seed(settings.seed)  # same initial small weights in vanilla and boosted runs
     if boosted:
-        net = build_boosted(task, sizes["small"], sizes["large"], delay, compression)
+        net = build_boosted(task, sizes["small"], sizes["large"], delay, compression, params["model"]["merge_start"])
         payload = read_checkpoint(large_checkpoint)
         stored = payload["sizes"].get("model")
         if payload["kind"] != "vanilla" or payload["task"] != task or stored != sizes["large"].to_dict():

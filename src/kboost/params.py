@@ -22,6 +22,7 @@ SOURCES = {
 }
 MODEL_ROLES = ("small", "medium", "large")
 COMPRESSIONS = (1, 2, 4)  # P of the paper's ablation
+MERGE_STARTS = ("zeros", "masked")  # = models.layers.LocalAttention.STARTS (params stay torch-free)
 EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
 
@@ -160,6 +161,7 @@ def validate(params: dict, source: str = "params.yaml") -> None:
         _validate_profile(check, profile, f"profiles.{name}.", measured_sets)
     model = check.section(params, "model")
     compression = check.choice(model, "compression", COMPRESSIONS, "model.")
+    check.choice(model, "merge_start", MERGE_STARTS, "model.")
     _validate_train(check, check.section(params, "train"))
     _validate_ablation(check, check.section(params, "ablation"), delays, compression)
     _validate_data(check, check.section(params, "data"))

@@ -118,7 +118,8 @@ class Net(NamedTuple):
 class AttentionState(NamedTuple):
     keys: np.ndarray    # [L, heads, window, F * E] ring buffer
     values: np.ndarray  # [L, heads, window, F * D / heads]
-    seen: np.ndarray    # [L] int64: frames written so far
+    seen: np.ndarray    # [L] int64: frames written so far; a zero-start layer (LocalAttention.start
+                        # "zeros") begins at window - 1: its window starts full of zero frames
 
 
 class NetState(NamedTuple):
@@ -559,12 +560,14 @@ def _no_merges(dim: int) -> Merges:
                   _attention_weights([], dim))
 
 
-def _attention_state(weights: Attention, window: int) -> AttentionState:
-    """Empty ring buffers of ``window`` frames for every layer of ``weights``."""
+def _attention_state(weights: Attention, window: int, start: str = "masked") -> AttentionState:
+    """Ring buffers of ``window`` zero frames for every layer of ``weights``; with ``start``
+    "zeros" every query also attends to those zero frames until real ones replace them."""
     layers, heads = weights.slopes.shape[0], weights.slopes.shape[2]
+    seen = window - 1 if start == "zeros" else 0
     return AttentionState(np.zeros((layers, heads, window, weights.query_norm_w.shape[2]), np.float32),
                           np.zeros((layers, heads, window, weights.value_norm_w.shape[2]), np.float32),
-                          np.zeros(layers, np.int64))
+                          np.full(layers, seen, np.int64))
 
 
 # ------------------------------------------------------------------------------ engines
@@ -648,11 +651,13 @@ class CompiledBoostedPair:
             np.stack([_array(m.shift.weight.T) for m in pair.merges]), np.stack([_array(m.shift.bias) for m in pair.merges]),
             _attention_weights([m.attention for m in pair.merges], pair.small.size.emb_dim))
         self.merge_window = pair.merges[0].attention.window
+        self.merge_start = pair.merges[0].attention.start
 
     def initial_state(self) -> BoostedState:
         d, f = self.small.size.emb_dim, N_FREQS
         merges = MergeState(np.zeros((len(self.merges.scale_w), self.delay, f, d), np.float32),
-                            np.zeros(1, np.int64), _attention_state(self.merges.attention, self.merge_window))
+                            np.zeros(1, np.int64),
+                            _attention_state(self.merges.attention, self.merge_window, self.merge_start))
         return BoostedState(self.small.initial_state(), merges, self.large.initial_state(),
                             np.zeros((3, f, 2 * self.large.n_outputs), np.float32), [])
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .frontend import N_FREQS
+from .frontend import N_FREQS, pad_clip
 from .gridnet import TFGridNet, check_audio, check_embedding
 from .layers import CausalConv2d, LocalAttention
 
@@ -55,13 +55,14 @@ class MergeModule(nn.Module):
     the same audio: merged = x(t - delay) * scale(hint) + shift(hint). Queries come from x(t).
     """
 
-    def __init__(self, dim: int, hint_channels: int, delay: int, window: int = 50, freqs: int = N_FREQS):
+    def __init__(self, dim: int, hint_channels: int, delay: int, window: int = 50, freqs: int = N_FREQS,
+                 start: str = "zeros"):
         super().__init__()
         self.delay = delay
         self.scale = nn.Linear(hint_channels, dim)  # = Conv2d(C -> D, 1x1)
         self.shift = nn.Linear(hint_channels, dim)
         qk = math.ceil(MERGE_QK / freqs)
-        self.attention = LocalAttention(dim, MERGE_HEADS, qk, freqs, window, per_head=False)
+        self.attention = LocalAttention(dim, MERGE_HEADS, qk, freqs, window, per_head=False, start=start)
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, state: dict | None = None):
         state = state or {}
@@ -80,7 +81,10 @@ class MergeModule(nn.Module):
 class BoostedPair(nn.Module):
     """Large (remote) model -> compression -> delay -> merge modules inside the small model."""
 
-    def __init__(self, small: TFGridNet, large: TFGridNet, delay: int, compression: int = 1):
+    def __init__(self, small: TFGridNet, large: TFGridNet, delay: int, compression: int = 1,
+                 merge_start: str = "zeros"):
+        """``merge_start``: what the merge cross-attention sees before the clip start
+        (:class:`LocalAttention`'s ``start``; the authors' code: "zeros")."""
         super().__init__()
         if small.task != large.task:
             raise ValueError(f"small ({small.task}) and large ({large.task}) models must share a task")
@@ -90,8 +94,10 @@ class BoostedPair(nn.Module):
         self.small, self.large = small, large
         self.compression = Compression(2 * large.n_outputs, compression)
         self.merges = nn.ModuleList(
-            MergeModule(small.size.emb_dim, self.compression.out_channels, delay, small.size.window)
+            MergeModule(small.size.emb_dim, self.compression.out_channels, delay, small.size.window,
+                        start=merge_start)
             for _ in range(small.size.blocks - 1))
+        self.merge_start = merge_start
 
     def device_modules(self) -> list[nn.Module]:
         """What runs on the device: the small model and the merge modules."""
@@ -119,12 +125,12 @@ class BoostedPair(nn.Module):
         """
         check_audio(audio, chunk=False)
         check_embedding(self.task, audio, embedding)
-        features = self.small.frontend.analyse(audio)
-        remote = features if large_audio is None else self.large.frontend.analyse(large_audio)
+        features = self.small.frontend.analyse(pad_clip(audio))
+        remote = features if large_audio is None else self.large.frontend.analyse(pad_clip(large_audio))
         hint, _ = self.compression(self.large.spectrogram(remote, {}, embedding))
         hint = delay_frames(hint, self.delay, dim=2).permute(0, 2, 3, 1)  # [B, T, F, C]
         spec = self._small(features, hint, {}, embedding)
-        return self.small.to_sources(self.small.frontend.synthesise(spec))
+        return self.small.to_sources(self.small.frontend.synthesise(spec)[..., : audio.shape[-1]])
 
     def initial_state(self, batch: int = 1, dtype=torch.float32, device=None) -> dict:
         return {"small_io": self.small.initial_state(batch, dtype, device),

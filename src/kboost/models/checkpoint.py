@@ -10,6 +10,8 @@ loads with ``torch.load(..., weights_only=True)`` (no pickled code)::
               | {"small": {...}, "large": {...}},   # boosted: both models' GridNetSize
      "delay": int | None,                           # boosted: hint delay in chunks (8 ms each)
      "compression": int | None,                     # boosted: compression factor P
+     "merge_start": "zeros" | "masked",             # boosted: merge attention before the clip start
+                                                    # (absent in files of earlier versions: "masked")
      "meta": {...},                                 # JSON-able: epoch, metrics, resolved params
      "state_dict": model.state_dict(),              # tensors, moved to the CPU
      "training": {"optimiser": ..., "scheduler": ...}}  # optional: what resuming needs (last.pt)
@@ -34,6 +36,7 @@ from .gridnet import OUTPUTS, GridNetSize, TFGridNet
 FORMAT = 1
 KINDS = ("vanilla", "boosted")
 _KEYS = ("format", "kind", "task", "sizes", "delay", "compression", "meta", "state_dict")
+LEGACY_MERGE_START = "masked"  # what boosted checkpoints without a "merge_start" field were trained with
 
 
 class CheckpointError(ValueError):
@@ -60,11 +63,11 @@ def build_vanilla(task: str, size: GridNetSize) -> TFGridNet:
 
 
 def build_boosted(task: str, small_size: GridNetSize, large_size: GridNetSize,
-                  delay: int, compression: int = 1) -> BoostedPair:
+                  delay: int, compression: int = 1, merge_start: str = "zeros") -> BoostedPair:
     """A boosted pair: the small model is built first, then the large one, then the merge parts."""
     small = TFGridNet(task, small_size)
     large = TFGridNet(task, large_size)
-    return BoostedPair(small, large, delay=delay, compression=compression)
+    return BoostedPair(small, large, delay=delay, compression=compression, merge_start=merge_start)
 
 
 def compression_factor(pair: BoostedPair) -> int:
@@ -78,7 +81,8 @@ def describe(model: nn.Module) -> dict:
     if isinstance(model, BoostedPair):
         return {"kind": "boosted", "task": model.task,
                 "sizes": {"small": model.small.size.to_dict(), "large": model.large.size.to_dict()},
-                "delay": int(model.delay), "compression": compression_factor(model)}
+                "delay": int(model.delay), "compression": compression_factor(model),
+                "merge_start": model.merge_start}
     if isinstance(model, TFGridNet):
         return {"kind": "vanilla", "task": model.task, "sizes": {"model": model.size.to_dict()},
                 "delay": None, "compression": None}
@@ -175,9 +179,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
         if payload["kind"] == "vanilla":
             model = build_vanilla(task, sizes["model"])
         else:
-            model = build_boosted(task, sizes["small"], sizes["large"],
-                                  int(payload["delay"]), int(payload["compression"]))
-    except (TypeError, ValueError) as exc:  # bad delay or compression factor
+            model = build_boosted(task, sizes["small"], sizes["large"], int(payload["delay"]),
+                                  int(payload["compression"]), payload.get("merge_start", LEGACY_MERGE_START))
+    except (TypeError, ValueError) as exc:  # bad delay, compression factor or merge start
         raise CheckpointError(f"{path}: cannot build the stored model ({exc})") from exc
 
     state_dict = payload["state_dict"]

@@ -5,7 +5,10 @@ A frame is 192 samples (Hamming, 97 bins) with a hop of 128: frame k covers inpu
 overlap-add output is final for samples [128 k - 64, 128 k + 64), so the streaming output lags
 the input by 64 samples (the 4 ms lookahead); with the 8 ms spent collecting a chunk, the
 algorithmic latency is 12 ms. The whole-clip path removes that lag, so its output is aligned with
-its input, and equals the streaming output shifted by 64 samples.
+its input, and equals the streaming output shifted by 64 samples. The last 64 samples of a clip
+are final only after the frame of the next chunk: whole clips are run with one silent chunk
+appended (``pad_clip``), as a stream that goes on with silence (the authors' convention), so no
+sample is ever divided by the near-zero tail of the window.
 """
 from __future__ import annotations
 
@@ -17,6 +20,12 @@ HOP = 128          # 8 ms chunk
 LOOKAHEAD = 64     # 4 ms
 N_FFT = HOP + LOOKAHEAD  # 192-sample window
 N_FREQS = N_FFT // 2 + 1  # 97
+
+
+def pad_clip(audio: torch.Tensor) -> torch.Tensor:
+    """A whole clip [..., N] followed by one silent chunk: the frame that makes its last 64
+    output samples final (the models are causal, so nothing before it changes)."""
+    return torch.nn.functional.pad(audio, (0, HOP))
 
 
 class StftFrontEnd(nn.Module):
@@ -32,7 +41,6 @@ class StftFrontEnd(nn.Module):
         steady = w2[:HOP].clone()
         steady[:LOOKAHEAD] += w2[HOP:]
         self.register_buffer("envelope", steady.float(), persistent=False)
-        self.register_buffer("tail_envelope", w2[HOP:].float(), persistent=False)
 
     # ----------------------------------------------------------------------------- analysis
     def analyse(self, audio: torch.Tensor) -> torch.Tensor:
@@ -61,16 +69,14 @@ class StftFrontEnd(nn.Module):
         return torch.fft.irfft(torch.complex(real, imag), n=N_FFT, dim=-1) * self.window.to(real.dtype)
 
     def synthesise(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, 2S, T, F] -> [B, S, 128 T] audio aligned with the analysed input."""
+        """[B, 2S, T, F] -> [B, S, 128 T - 64] audio aligned with the analysed input: every sample
+        that T frames make final (the last 64 need frame T + 1; see ``pad_clip``)."""
         frames = self._frames(features)
         batch, sources, count, _ = frames.shape
-        blocks = frames.new_zeros(batch, sources, count + 1, HOP)  # block j: samples [128 j - 64, 128 j + 64)
-        blocks[:, :, :count] = frames[..., :HOP]
-        blocks[:, :, 1:, :LOOKAHEAD] += frames[..., HOP:]
-        blocks[:, :, :count] /= self.envelope.to(blocks.dtype)
-        blocks[:, :, count, :LOOKAHEAD] /= self.tail_envelope.to(blocks.dtype)
-        flat = blocks.reshape(batch, sources, (count + 1) * HOP)
-        return flat[..., LOOKAHEAD: LOOKAHEAD + count * HOP]
+        blocks = frames[..., :HOP].clone()  # block j: samples [128 j - 64, 128 j + 64)
+        blocks[:, :, 1:, :LOOKAHEAD] += frames[:, :, :-1, HOP:]
+        blocks = blocks / self.envelope.to(blocks.dtype)
+        return blocks.reshape(batch, sources, count * HOP)[..., LOOKAHEAD:]
 
     def synthesise_chunk(self, features: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame [B, 2S, 1, F] and the previous frame's tail [B, S, 64] -> 128 final samples

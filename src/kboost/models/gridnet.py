@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd
+from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd, pad_clip
 from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention, StreamingLSTM
 
 MICS = 2
@@ -166,8 +166,8 @@ class TFGridNet(nn.Module):
     def forward(self, audio: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Whole clips: [B, 2, N] (N a multiple of 128) -> [B, sources, 2, N], aligned with the input."""
         self.check_input(audio, embedding, chunk=False)
-        spec = self.spectrogram(self.frontend.analyse(audio), {}, embedding)
-        return self.to_sources(self.frontend.synthesise(spec))
+        spec = self.spectrogram(self.frontend.analyse(pad_clip(audio)), {}, embedding)
+        return self.to_sources(self.frontend.synthesise(spec)[..., : audio.shape[-1]])
 
     def initial_state(self, batch: int = 1, dtype=torch.float32, device=None) -> dict:
         return {"history": torch.zeros(batch, MICS, LOOKAHEAD, dtype=dtype, device=device),

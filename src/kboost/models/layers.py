@@ -112,12 +112,23 @@ class LocalAttention(nn.Module):
     self-attention). Q/K: Linear(D -> heads * qk_dim), PReLU, LayerNorm over (F, qk_dim);
     V: Linear(D -> D), PReLU, LayerNorm over (F, D / heads); output: Linear(D -> D), PReLU,
     LayerNorm over (F, D). A query at frame t sees context frames t - window + 1 .. t.
+
+    ``start`` says what a query near the clip start sees where that window reaches before it:
+    ``"masked"``: nothing (only the frames that exist); ``"zeros"``: ``window - 1`` zero key/value
+    frames (score 0, value 0), which still take a share of the softmax, as the authors'
+    merge cross-attention does (its buffers start as zeros). Both run the same whole and streamed.
     """
 
-    def __init__(self, dim: int, heads: int, qk_dim: int, freqs: int, window: int, per_head: bool):
+    STARTS = ("masked", "zeros")
+
+    def __init__(self, dim: int, heads: int, qk_dim: int, freqs: int, window: int, per_head: bool,
+                 start: str = "masked"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention: {dim} channels do not split into {heads} heads")
+        if start not in self.STARTS:
+            raise ValueError(f"attention start must be one of {self.STARTS}, got {start!r}")
+        self.start = start
         self.heads, self.qk_dim, self.v_dim, self.window = heads, qk_dim, dim // heads, window
         prelu_heads = heads if per_head else 1
         self.query = nn.Linear(dim, heads * qk_dim)
@@ -157,7 +168,8 @@ class LocalAttention(nn.Module):
             if cache is None:
                 keys = k.new_zeros(b, self.heads, self.window, k.shape[-1])
                 values = v.new_zeros(b, self.heads, self.window, v.shape[-1])
-                seen = 0
+                # Zero start: the window begins full of zero frames, as if window - 1 were seen.
+                seen = self.window - 1 if self.start == "zeros" else 0
             else:
                 keys, values, seen = cache
             keys[:, :, seen % self.window] = k[:, :, 0]
@@ -168,8 +180,12 @@ class LocalAttention(nn.Module):
             new_cache = (keys, values, seen + 1)
         else:
             # Query t sees context frames (t - window, t].
-            position = torch.arange(t, device=x.device)
-            offset = position.unsqueeze(1) - position.unsqueeze(0)
+            before = self.window - 1 if self.start == "zeros" else 0  # zero frames before the start
+            if before:
+                k = F.pad(k, (0, 0, before, 0))
+                v = F.pad(v, (0, 0, before, 0))
+            query_at = torch.arange(t, device=x.device) + before
+            offset = query_at.unsqueeze(1) - torch.arange(t + before, device=x.device).unsqueeze(0)
             mask = (offset >= 0) & (offset < self.window)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, F*dv]
             new_cache = None
