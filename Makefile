@@ -17,7 +17,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# The params check first: DVC itself cannot resolve a misspelt profile and would not say which exist.
 repro: setup
+	python -m kboost.params params.yaml
 	dvc repro
 
 test: setup

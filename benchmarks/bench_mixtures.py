@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from kboost.logs import setup_logging
-from kboost.mixtures import STEMS, Corpus, _embed_file, plan_split, render_mixture
+from kboost.mixtures import Corpus, _embed_file, plan_split, render_mixture
+from kboost.tasks import STEMS
 from kboost.params import active_profile, load_params
 
 PAPER_MIXTURES = 3 * (100_000 + 5_000 + 5_000)  # three tasks

@@ -27,7 +27,8 @@ def main() -> None:
     run_name = "mixture" if args.mixture else (args.run or Path(args.checkpoint).parent.name)
 
     def run() -> None:
-        from kboost.experiment import eval_paths, evaluate_from_params
+        from kboost.evaluation import evaluate_from_params
+        from kboost.runs import eval_paths
 
         mixture_rows = None if args.mixture else str(eval_paths(args.task, "mixture")[0])
         evaluate_from_params(args.params, args.task, run_name, args.checkpoint, mixture_rows,

@@ -7,7 +7,7 @@ import argparse
 
 from kboost import stage
 from kboost.params import load_params
-from kboost.sources import PARTS, prepare_part
+from kboost.sources.prepare import PARTS, prepare_part
 
 
 def main() -> None:

@@ -22,12 +22,16 @@ def main() -> None:
     def run() -> None:
         import logging
 
-        from kboost.params import load_params
         import json
+
+        from kboost.fsutil import remove_temporaries_in
+        from kboost.params import load_params
 
         from kboost.report import Study, all_tables, load_reported, render_figures, render_page, render_tables
 
         out = Path(args.out)
+        for folder in (out, out / "tables", out / "figures"):  # leftovers of a killed earlier run
+            remove_temporaries_in(folder)
         study = Study(load_params(args.params))
         reported = load_reported(out / "reported.yaml")
         tables = all_tables(study, reported)

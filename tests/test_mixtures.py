@@ -10,7 +10,8 @@ import yaml
 from fake_corpus import make_corpus, tree_files
 from kboost.audio import AudioError, quantize_pcm16
 from kboost.dataset import MixtureDataset
-from kboost.mixtures import STEMS, SynthesisError, peak_scale, synthesize_task
+from kboost.mixtures import SynthesisError, peak_scale, synthesize_task
+from kboost.tasks import STEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -63,6 +63,11 @@ def _delete(path):
     (_set("profiles.demo.data.response_sets", ["cipic"]),
      r"profiles.demo.data.response_sets: unknown value\(s\) \['cipic'\]; allowed: simulated_room, anechoic_hrtf"),
     (_set("data.sample_rate", 8000), r"data.sample_rate: must be 16000"),
+    (_set("dealy", 3), r"dealy: unknown key; did you mean delay\?"),
+    (_set("profiles.demo.train.vanila_epochs", 3), r"profiles.demo.train.vanila_epochs: unknown key; did you mean "
+                                                   r"profiles.demo.train.vanilla_epochs\?"),
+    (_set("model.merge_start", "ones"), r"model.merge_start: unknown value 'ones'; allowed: zeros, masked"),
+    (_set("tasks", ["se"]), r"ablation.compressions: the compression ablation trains SS pairs.*add ss to tasks"),
 ])
 def test_invalid_values_name_the_key(tmp_path, edit, message):
     with pytest.raises(ParamsError, match=message):
@@ -76,3 +81,34 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("embedded.noise.coherence_range", [0.2, 1.5]), r"embedded.noise.coherence_range must satisfy 0.0 <= lo"),
+    (_set("embedded.speech.variants", ["m1", "nosuchvariant"]), r"unknown espeak variant 'nosuchvariant'"),
+    (_set("embedded.rooms.azimuth_bin_pattern", ["train", "vall"]), r"embedded.rooms.azimuth_bin_pattern must be"),
+    (_set("embedded.rooms.wall_margin_m", -1), r"embedded.rooms.wall_margin_m must be >= 0"),
+])
+def test_embedded_generator_settings_fail_before_any_work(tmp_path, edit, message):
+    """The generators' own checks, run by get_data before it writes anything, as ParamsError."""
+    from kboost.sources.prepare import check_embedded, prepare_part
+
+    params = load_params(_write(tmp_path, edit))
+    with pytest.raises(ParamsError, match=message):
+        check_embedded(params)
+    with pytest.raises(ParamsError, match=message):
+        prepare_part("speech", params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_schema_knows_every_key_of_the_committed_params():
+    from kboost.params import SCHEMA, unknown_keys
+
+    assert unknown_keys(yaml.safe_load((ROOT / "params.yaml").read_text()), SCHEMA) == []
+
+
+def test_merge_starts_match_the_models():
+    from kboost.models.layers import LocalAttention
+    from kboost.params import MERGE_STARTS
+
+    assert set(MERGE_STARTS) == set(LocalAttention.STARTS)

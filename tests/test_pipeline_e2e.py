@@ -73,6 +73,22 @@ def test_smoke_repro_end_to_end(repo):
     assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
 
 
+def test_an_in_place_edit_of_an_output_cannot_reach_the_cache(repo):
+    """cache.type = copy: workspace files are copies, so editing one (even as root, which
+    ignores read-only bits) leaves the cache intact; dvc status reports the edit and dvc
+    checkout restores the original bytes."""
+    speech = repo / "data" / "corpus" / "speech"
+    victim = next(p for p in sorted(speech.rglob("*")) if p.is_file() and p.suffix != ".csv")
+    original = victim.read_bytes()
+    with open(victim, "r+b") as handle:  # in place: same inode, as `truncate` or an editor would
+        handle.truncate(len(original) // 2)
+    status = json.loads(_run(["dvc", "status", "--json"], repo).stdout)
+    assert "get_data@speech" in status, status
+    _run(["dvc", "checkout", "--force", "data/corpus/speech"], repo)
+    assert victim.read_bytes() == original
+    assert "get_data@speech" not in json.loads(_run(["dvc", "status", "--json"], repo).stdout)
+
+
 def test_invalid_param_stops_first_stage_with_clear_message(repo):
     params = repo / "params.yaml"
     original = params.read_text()

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .errors import KboostError
 from .fsutil import atomic_file
 
 
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command id (sndfile.h)
 
 
-class AudioError(ValueError):
+class AudioError(KboostError, ValueError):
     """A source file that cannot be used as it is (unreadable, wrong shape, silent, NaN)."""
 
 

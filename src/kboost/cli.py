@@ -12,11 +12,13 @@ import textwrap
 import time
 from pathlib import Path
 
+from .errors import KboostError
+
 ENGINES = ("compiled", "torch")
 TASK_HELP = "se: speech enhancement, ss: two-speaker separation, tse: target speech extraction"
 
 
-class CliError(ValueError):
+class CliError(KboostError, ValueError):
     """A bad combination of options or an unusable option value."""
 
 
@@ -363,7 +365,7 @@ def stream_command(args) -> None:
 
 # -------------------------------------------------------------------------- import-authors
 def import_authors_command(args) -> None:
-    from .download import file_digest
+    from .fsutil import file_digest
     from .models import BoostedPair
     from .models.authors import import_authors
     from .models.checkpoint import save_checkpoint
@@ -392,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     from .stage import exit_on_user_error
 
     args = build_parser().parse_args(argv)
-    with exit_on_user_error(extra=(CliError,)):
+    with exit_on_user_error():
         args.handler(args)
 
 

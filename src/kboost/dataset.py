@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .audio import read_audio
-from .mixtures import TARGETS
+from .tasks import TARGETS
 
 
 class MixtureDataset(Dataset):
@@ -56,3 +56,12 @@ class MixtureDataset(Dataset):
         if self.embeddings is not None:
             item["embedding"] = torch.from_numpy(np.array(self.embeddings[int(row["embedding_row"])]))
         return item
+
+
+def collate(items: list[dict]) -> dict:
+    batch = {"id": [item["id"] for item in items],
+             "mixture": torch.stack([item["mixture"] for item in items]),
+             "targets": torch.stack([item["targets"] for item in items])}
+    if "embedding" in items[0]:
+        batch["embedding"] = torch.stack([item["embedding"] for item in items])
+    return batch

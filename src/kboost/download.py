@@ -11,7 +11,6 @@ target and renames it into place only when every member was safe and readable.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from .fsutil import atomic_dir, write_json
+from .errors import KboostError
+from .fsutil import atomic_dir, file_digest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _HEX_LENGTH = {"md5": 32, "sha256": 64}
 _RETRY_STATUS = {429}  # plus every 5xx
 
 
-class DownloadError(RuntimeError):
+class DownloadError(KboostError, RuntimeError):
     """A download or extraction that failed; the message names the URL or file."""
 
 
@@ -62,15 +62,6 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
     if len(digest) != _HEX_LENGTH[algo] or not re.fullmatch(r"[0-9a-f]+", digest):
         raise DownloadError(f"checksum {checksum!r}: not a valid {algo} hex digest")
     return algo, digest
-
-
-def file_digest(path: Path, algo: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _verify(path: Path, checksum: str | None, url: str) -> str:

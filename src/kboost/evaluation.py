@@ -16,11 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .fsutil import atomic_file
+from .dataset import MixtureDataset, collate
+from .fsutil import atomic_file, remove_stale_temporaries, write_json
 from .metrics import score_utterance
-from .models import HOP, LOOKAHEAD, BoostedPair
+from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
+from .models.checkpoint import CheckpointError, load_checkpoint
 from .parallel import map_ordered
-from .training import collate
+from .params import active_profile, load_params
+from .runs import MIXTURES_DIR, best_epoch, eval_paths
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
 MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
@@ -101,3 +104,42 @@ def _finite(value: float):
 def write_rows(rows: pd.DataFrame, path: Path) -> None:
     with atomic_file(path) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6f")
+
+
+# ---------------------------------------------------------------------------- the stage
+def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None,
+                         mixture_rows: str | None, progress: bool = True) -> dict:
+    """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split;
+    write its per-utterance CSV and summary JSON; return the summary."""
+
+    params = load_params(params_path)
+    prof = active_profile(params)["eval"]
+    torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
+    test_set = MixtureDataset(MIXTURES_DIR / task, "test", limit=prof["test_mixtures"])
+    rows_path, summary_path = eval_paths(task, name)
+    for path in (rows_path, summary_path):  # what a killed write of an earlier run left behind
+        remove_stale_temporaries(path)
+    summary = {"task": task, "run": name, "profile": params["profile"], "split": "test"}
+    if checkpoint is None:
+        rows = score(test_set, None, int(prof["workers"]), progress)
+        summary.update(summarise(rows, MIXTURE_METRICS))
+    else:
+        model, info = load_checkpoint(checkpoint)
+        if info.task != task:
+            raise CheckpointError(f"{checkpoint}: a {info.task} model cannot be evaluated on the {task} test split")
+        estimates = estimate(model, test_set, int(prof["batch_size"]), progress)
+        rows = score(test_set, estimates, int(prof["workers"]), progress)
+        if mixture_rows is not None:
+            mixture = pd.read_csv(mixture_rows).set_index("mixture_id")[["pesq", "stoi"]]
+            rows = rows.join(mixture.add_suffix("_mixture"), on="mixture_id")
+        summary.update(summarise(rows, SUMMARY_METRICS))
+        device = [model.small, model.merges] if info.kind == "boosted" else [model]
+        history = info.meta.get("history")
+        summary.update(kind=info.kind, delay=info.delay, compression=info.compression,
+                       sizes={role: size.to_dict() for role, size in info.sizes.items()},
+                       parameters_on_device=count_parameters(*device),
+                       best_epoch=best_epoch(history)["epoch"] if history else None, streaming=info.kind == "boosted")
+    write_rows(rows, rows_path)
+    write_json(summary_path, summary)
+    return summary
+

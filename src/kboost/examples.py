@@ -15,7 +15,7 @@ import torch
 from .audio import write_audio
 from .dataset import MixtureDataset
 from .evaluation import estimate
-from .experiment import MIXTURES_DIR, VANILLA, checkpoint_path, run_name
+from .runs import MIXTURES_DIR, VANILLA, checkpoint_path, run_name
 from .fsutil import atomic_dir, write_json
 from .metrics import match_permutation, score_pairs
 from .models.checkpoint import load_checkpoint

@@ -7,6 +7,7 @@ could cache or a later stage could read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -60,17 +61,47 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, target)
 
 
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as sorted, indented JSON atomically (stable bytes for git and DVC)."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _temporary_prefixes(target: Path) -> tuple[str, ...]:
+    """Name prefixes of what ``atomic_file`` (``.<stem>.tmp-*<suffix>``) and ``atomic_dir``
+    (``.<name>.tmp-*``, ``.<name>.old-*``) create next to ``target``."""
+    return (f".{target.stem}.tmp-", f".{target.name}.tmp-", f".{target.name}.old-")
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> None:
-    """Delete what a killed run left next to ``target`` (``.<name>.tmp-*`` and ``.<name>.old-*``)."""
+    """Delete what a killed write of ``target`` left next to it (see ``_temporary_prefixes``)."""
     target = Path(target)
     if not target.parent.is_dir():
         return
+    prefixes = _temporary_prefixes(target)
     for child in target.parent.iterdir():
-        if child.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-")):
+        name = child.name
+        if name.startswith(prefixes[1:]) or (name.startswith(prefixes[0]) and name.endswith(target.suffix)):
             _remove(child)
+
+
+def remove_temporaries_in(folder: str | os.PathLike) -> list[Path]:
+    """Delete every temporary a killed ``atomic_file`` / ``atomic_dir`` left in ``folder``
+    (hidden ``.*.tmp-*`` / ``.*.old-*`` entries); return what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [child for child in folder.iterdir()
+               if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name)]
+    for child in removed:
+        _remove(child)
+    return removed

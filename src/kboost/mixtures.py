@@ -28,23 +28,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import KboostError
 from . import speaker
 from .audio import AudioError, quantize_pcm16, read_audio, write_audio
 from .fsutil import atomic_dir, remove_stale_temporaries, write_json
 from .parallel import map_ordered
 from .params import SPLITS, TASKS
 from .sources.layout import read_index
+from .tasks import STEMS, TALKERS, TARGETS
 
 log = logging.getLogger(__name__)
 
-# Stems written per task, mixture first. Talkers come first among the sources.
-TALKERS = {"se": ("target",), "ss": ("source1", "source2"), "tse": ("target", "interferer")}
-TARGETS = {"se": ("target",), "ss": ("source1", "source2"), "tse": ("target",)}
-STEMS = {task: ("mixture",) + talkers + ("noise",) for task, talkers in TALKERS.items()}
 SILENCE_RMS = 1e-5  # a talker segment quieter than this would need an absurd gain
 
 
-class SynthesisError(ValueError):
+class SynthesisError(KboostError, ValueError):
     """The corpus cannot provide what the requested mixtures need."""
 
 

@@ -6,12 +6,15 @@ deep inside numpy or torch later on.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import KboostError
 
 TASKS = ("se", "ss", "tse")
 SPLITS = ("train", "val", "test")
@@ -27,8 +30,66 @@ EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
 
 
-class ParamsError(ValueError):
+class ParamsError(KboostError, ValueError):
     """An invalid or missing parameter; the message names the key."""
+
+
+# Every key params.yaml may hold: a nested mapping of known keys (None: a value, not descended
+# into); ANY stands for a name the user chooses (profiles, measured response sets).
+ANY = "*"
+_PROFILE_SCHEMA = {
+    "models": {role: {"emb_dim": None, "hidden": None, "blocks": None, "heads": None, "window": None}
+               for role in ("small", "medium", "large")},
+    "data": {"sources": {"speech": None, "noise": None, "responses": None}, "response_sets": None,
+             "clip_seconds": None, "mixtures": None, "workers": None,
+             "embedded": {"speakers": None, "utterances_per_speaker": None, "noise_clips": None, "rooms": None,
+                          "directions_per_room": None, "anechoic_directions": None}},
+    "train": {"vanilla_epochs": None, "boosted_epochs": None, "batch_size": None, "crop_seconds": None,
+              "train_mixtures": None, "val_mixtures": None, "threads": None, "processes": None,
+              "loader_workers": None},
+    "eval": {"test_mixtures": None, "batch_size": None, "workers": None, "threads": None},
+}
+SCHEMA = {
+    "seed": None, "profile": None, "tasks": None, "delays": None, "delay": None,
+    "data": {"sample_rate": None, "level_dbfs": None, "peak_limit": None, "embedding_model": None,
+             "se": {"snr_db": None},
+             "ss": {"level_diff_db": None, "noise_snr_db": None, "min_separation_deg": None},
+             "tse": {"sir_db": None, "noise_snr_db": None, "min_separation_deg": None}},
+    "model": {"compression": None, "merge_start": None},
+    "train": {"lr": None, "lr_factor": None, "lr_patience": None, "min_lr": None, "clip_norm": None,
+              "mixed_precision": None},
+    "ablation": {"compressions": None, "delays": None},
+    "embedded": {
+        "speech": {"voices": None, "variants": None, "pitch_range": None, "rate_range": None,
+                   "sentences_per_utterance": None},
+        "noise": {"seconds": None, "kinds": None, "coherence_range": None},
+        "rooms": {"room_size_range": None, "rt60_range": None, "distance_range": None, "elevation_limit_deg": None,
+                  "max_order": None, "response_seconds": None, "azimuth_bin_deg": None,
+                  "azimuth_bin_pattern": None, "head_height_range": None, "wall_margin_m": None}},
+    "real": {"downloads_dir": None,
+             "librispeech": {"mirror": None, "subsets": None, "md5": None, "min_seconds": None,
+                             "max_utterances": None, "keep_extracted": None},
+             "wham": {"url": None, "checksum": None, "splits": None, "max_files": None, "keep_extracted": None},
+             "responses": {ANY: {"files": None, "ids": None, "checksums": None, "convert": None}}},
+    "profiles": {ANY: _PROFILE_SCHEMA},
+}
+
+
+def unknown_keys(mapping: dict, schema: dict, prefix: str = "") -> list[tuple[str, str | None]]:
+    """(dotted unknown key, closest known key or None) for every key ``schema`` does not know."""
+    found = []
+    for key, value in mapping.items():
+        if key in schema:
+            sub = schema[key]
+        elif ANY in schema:
+            sub = schema[ANY]
+        else:
+            close = difflib.get_close_matches(str(key), [k for k in schema if k != ANY], n=1, cutoff=0.6)
+            found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
+            continue
+        if isinstance(sub, dict) and isinstance(value, dict):
+            found += unknown_keys(value, sub, f"{prefix}{key}.")
+    return found
 
 
 class _Checker:
@@ -139,6 +200,11 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict:
 
 def validate(params: dict, source: str = "params.yaml") -> None:
     check = _Checker(source)
+    unknown = unknown_keys(params, SCHEMA)
+    if unknown:
+        key, close = unknown[0]
+        more = f" (and {len(unknown) - 1} more: {', '.join(k for k, _ in unknown[1:4])})" if len(unknown) > 1 else ""
+        check.fail(key, "unknown key" + (f"; did you mean {close}?" if close else "") + more)
     check.integer(params, "seed", minimum=0)
     check.string_list(params, "tasks", allowed=TASKS)
     delays = check.integer_list(params, "delays", what="a non-empty list of integers (chunks of 8 ms)", non_empty=True)
@@ -164,6 +230,9 @@ def validate(params: dict, source: str = "params.yaml") -> None:
     check.choice(model, "merge_start", MERGE_STARTS, "model.")
     _validate_train(check, check.section(params, "train"))
     _validate_ablation(check, check.section(params, "ablation"), delays, compression)
+    if params["ablation"]["compressions"] and "ss" not in params["tasks"]:
+        check.fail("ablation.compressions", f"the compression ablation trains SS pairs, but tasks {params['tasks']} "
+                                            f"has no ss; add ss to tasks or set ablation.compressions: []")
     _validate_data(check, check.section(params, "data"))
     _validate_embedded(check, check.section(params, "embedded"))
     _validate_real(check, check.section(params, "real"))
@@ -315,3 +384,14 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
 def active_profile(params: dict) -> dict:
     """The ``profiles.<profile>`` section selected by ``profile``."""
     return params["profiles"][params["profile"]]
+
+
+if __name__ == "__main__":  # python -m kboost.params [params.yaml]: check a parameter file
+    import sys
+
+    from .stage import exit_on_user_error
+
+    with exit_on_user_error():
+        checked = sys.argv[1] if len(sys.argv) > 1 else "params.yaml"
+        load_params(checked)
+        print(f"{checked}: valid")

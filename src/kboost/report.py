@@ -13,13 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from .experiment import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, run_name
+from .errors import KboostError
+from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, run_name
 
 TASK_NAMES = {"se": "SE", "ss": "SS", "tse": "TSE"}
 CHUNK_MS = 8
 
 
-class ReportError(ValueError):
+class ReportError(KboostError, ValueError):
     """Missing or unusable metrics; the message names the stage that writes them."""
 
 

@@ -13,22 +13,8 @@ import sys
 import time
 from typing import Callable, Iterator
 
+from .errors import KboostError
 from .logs import setup_logging
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .download import DownloadError
-    from .mixtures import SynthesisError
-    from .models.checkpoint import CheckpointError
-    from .models.gridnet import ModelInputError
-    from .params import ParamsError
-    from .report import ReportError
-    from .sources.layout import CorpusError
-    from .training import TrainingError
-
-    return (AudioError, DownloadError, SynthesisError, ParamsError, CorpusError, CheckpointError, ModelInputError,
-            TrainingError, ReportError)
 
 
 @contextlib.contextmanager
@@ -36,7 +22,7 @@ def exit_on_user_error(prefix: str = "", extra: tuple[type[BaseException], ...] 
     """Turn a user-facing error into ``error: <prefix><message>`` on one line and exit status 2."""
     try:
         yield
-    except _user_errors() + tuple(extra) as exc:
+    except (KboostError,) + tuple(extra) as exc:
         if os.environ.get("KBOOST_DEBUG"):
             raise
         message = " ".join(str(exc).split())

@@ -32,10 +32,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .errors import KboostError
 from .distributed import all_sum, barrier, runtime
 from .models.checkpoint import read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
+from .dataset import collate
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
+from .runs import best_epoch
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ BEST, LAST = "best.pt", "last.pt"
 _EPOCH_STREAM = 1_000_003  # spreads (seed, epoch) pairs over generator seeds
 
 
-class TrainingError(RuntimeError):
+class TrainingError(KboostError, RuntimeError):
     """Training cannot go on (non-finite loss or gradients, bad settings)."""
 
 
@@ -102,15 +105,6 @@ class EpochView(Dataset):
         return item
 
 
-def collate(items: list[dict]) -> dict:
-    batch = {"id": [item["id"] for item in items],
-             "mixture": torch.stack([item["mixture"] for item in items]),
-             "targets": torch.stack([item["targets"] for item in items])}
-    if "embedding" in items[0]:
-        batch["embedding"] = torch.stack([item["embedding"] for item in items])
-    return batch
-
-
 def trim_to_chunks(batch: dict) -> dict:
     """Cut clips to a whole number of 8 ms chunks (the models' contract)."""
     length = batch["mixture"].shape[-1] // HOP * HOP
@@ -144,12 +138,6 @@ def fingerprint(description: dict) -> str:
     """A short hash of everything that determines a run (model, data, settings)."""
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def best_epoch(history: list[dict]) -> dict:
-    """The history row of the best validation SI-SNRi (the first such epoch on ties): the
-    epoch whose weights best.pt holds."""
-    return max(history, key=lambda row: row["val_si_snri"])
 
 
 # ---------------------------------------------------------------------------------- trainer

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import KboostError
 from ..fsutil import atomic_file
 from .boosting import BoostedPair
 from .gridnet import OUTPUTS, GridNetSize, TFGridNet
@@ -39,7 +40,7 @@ _KEYS = ("format", "kind", "task", "sizes", "delay", "compression", "meta", "sta
 LEGACY_MERGE_START = "masked"  # what boosted checkpoints without a "merge_start" field were trained with
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KboostError, ValueError):
     """A checkpoint file that is missing, unreadable or does not match this code."""
 
 

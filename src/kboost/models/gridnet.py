@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..errors import KboostError
 from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd, pad_clip
 from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention, StreamingLSTM
 
@@ -182,7 +183,7 @@ class TFGridNet(nn.Module):
         return self.to_sources(out), state
 
 
-class ModelInputError(ValueError):
+class ModelInputError(KboostError, ValueError):
     """Audio or embedding of the wrong shape for a model."""
 
 

@@ -59,8 +59,7 @@ from pathlib import Path
 import numpy as np
 
 
-from ..download import file_digest
-from ..fsutil import write_json
+from ..fsutil import file_digest, write_json
 from ..parallel import map_ordered
 from ..params import EMBEDDED_RESPONSE_SETS
 from . import layout
@@ -91,7 +90,7 @@ _MAX_TRIES = 1000
 
 # --------------------------------------------------------------------------- configuration
 def _err(key: str, msg: str) -> ValueError:
-    return ValueError(f"embedded_rooms cfg: '{key}' {msg}")
+    return ValueError(f"embedded.rooms.{key} {msg}")
 
 
 def _number(cfg, key, lo=None, integer=False, positive=False):

@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import write_audio
-from ..download import file_digest
-from ..fsutil import write_json
+from ..fsutil import file_digest, write_json
 from ..parallel import map_ordered
 from . import espeak
 from .layout import SAMPLE_RATE, SPLITS, write_index

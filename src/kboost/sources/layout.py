@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import KboostError
+
 SPLITS = ("train", "val", "test")
 SAMPLE_RATE = 16000
 
@@ -41,7 +43,7 @@ CHANNELS = {"speech": 1, "noise": 2, "responses": 2}
 INDEX_NAME = "index.csv"
 
 
-class CorpusError(ValueError):
+class CorpusError(KboostError, ValueError):
     """A corpus part that does not follow the layout."""
 
 

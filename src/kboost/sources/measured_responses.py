@@ -77,6 +77,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import AudioError, check_signal, resample_audio, write_audio
+from ..errors import KboostError
 from ..fsutil import write_json
 from ..parallel import map_ordered
 from . import layout
@@ -84,7 +85,7 @@ from . import layout
 _ID_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-class SofaError(ValueError):
+class SofaError(KboostError, ValueError):
     """A SOFA file that cannot be converted (unreadable, wrong shape, NaN...)."""
 
 
@@ -656,7 +657,8 @@ def prepare(out_dir, cfg: dict, downloads_dir, response_sets: list[str], workers
         checksums = scfg.get("checksums") or {}
         for url in set_urls(set_name, scfg):
             name = Path(urlparse(url).path).name
-            local = fetch(url, root / "files" / name, checksums.get(name), progress=progress, **fetch_options(scfg))
+            local = fetch(url, root / "files" / name, checksums.get(name), progress=progress,
+                          **fetch_options(scfg, downloads_dir))
             if name.lower().endswith(ARCHIVE_SUFFIXES):
                 extract_once(local, root / "extracted" / name.split(".")[0])
         roots[set_name] = root
