@@ -18,9 +18,9 @@ import sys
 import time
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, TFGridNet
+from kboost.parallel import limit_threads, thread_report
 from kboost.streaming import compile_model
 
 
@@ -43,8 +43,7 @@ def _per_chunk_ms(step, audio: torch.Tensor, chunks: int, warm: int = 60) -> flo
 def streaming(task: str, chunks: int, delay: int) -> None:
     """Per-chunk latency with one thread, batch 1 (a device), for both engines: the PyTorch
     modules' ``step`` and the compiled engine (kboost.streaming)."""
-    torch.set_num_threads(1)
-    threadpool_limits(limits=1)  # the compiled engine's BLAS calls
+    limit_threads(1)  # as `kboost stream --threads 1`: every library, also those loaded later
     torch.manual_seed(0)
     embedding = torch.randn(1, 256) if task == "tse" else None
     small = TFGridNet(task, PAPER_SIZES["small"]).eval()
@@ -58,6 +57,7 @@ def streaming(task: str, chunks: int, delay: int) -> None:
         state = model.initial_state()
         results[(name, "torch")] = _per_chunk_ms(lambda c, m=model, s=state: m.step(c, s, embedding), audio, chunks)
         engine = compile_model(model, embedding)
+        limit_threads(1)  # compiling loaded SciPy's BLAS
         state = engine.initial_state()
         results[(name, "compiled")] = _per_chunk_ms(lambda c, e=engine, s=state: e.step(c, s), numpy_audio, chunks)
     device = "boosted small (device side, hint given)"
@@ -65,6 +65,7 @@ def streaming(task: str, chunks: int, delay: int) -> None:
     hint = pair.remote_step(audio[..., :HOP], pair.initial_state(), embedding)  # a hint of the right shape
     results[(device, "torch")] = _per_chunk_ms(lambda c: pair.device_step(c, hint, state, embedding), audio, chunks)
     engine = compile_model(pair, embedding)
+    limit_threads(1)
     engine_state = engine.initial_state()
     engine_hint = engine.remote_step(numpy_audio[:, :HOP], engine.initial_state())
     results[(device, "compiled")] = _per_chunk_ms(lambda c: engine.device_step(c, engine_hint, engine_state),
@@ -72,6 +73,7 @@ def streaming(task: str, chunks: int, delay: int) -> None:
     for (name, kind), ms in results.items():
         print(f"streaming {task} {name} [{kind}]: {ms:.2f} ms per 8 ms chunk "
               f"(real-time factor {ms / 8:.3f}), 1 thread")
+    print(f"threads: {thread_report()}")
 
 
 def training_step(task: str, batch: int, seconds: float, size: str, steps: int, precision: str) -> tuple[float, float]:

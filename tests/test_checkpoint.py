@@ -122,6 +122,13 @@ def test_truncated_checkpoint(tmp_path):
         load_checkpoint(path)
 
 
+def test_random_bytes_are_not_called_pickled_objects(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CheckpointError, match=r"noise\.pt: .*not a PyTorch file at all: 5120 bytes"):
+        load_checkpoint(path)
+
+
 def test_pickled_code_is_refused(tmp_path):
     """A whole pickled module (torch.save(model)) needs unsafe unpickling: refused, clearly."""
     path = tmp_path / "module.pt"

@@ -1,4 +1,5 @@
 """``kboost stream``: streamed output equals the whole-clip model, and input errors are explained."""
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,32 @@ def _check_output(result, path, expected, params):
     assert np.abs(out.T - expected).max() <= 1e-4 * scale, np.abs(out.T - expected).max()
     assert "real-time factor:" in result.stdout and "mean time per chunk:" in result.stdout
     assert f"parameters: {params:,}" in result.stdout
+
+
+def test_thread_limit_holds_for_every_library_the_engine_loads(tmp_path):
+    """--threads 1: torch, numpy's and SciPy's BLAS (loaded only when numba compiles) and
+    OpenMP all run one thread, as threadpoolctl sees them while the chunks stream."""
+    result = _run("stream", _wav(tmp_path / "in.wav"), tmp_path / "out.wav", "--random-init", "--task", "ss",
+                  "--model", "small", "--threads", 1)
+    assert result.returncode == 0, result.stderr
+    assert "compiles for a few minutes" in result.stdout
+    line = next(text for text in result.stdout.splitlines() if text.startswith("threads: "))
+    counts = [int(part.rsplit(" ", 1)[1]) for part in line[len("threads: "):].split(", ")]
+    assert line.startswith("threads: torch 1") and len(counts) >= 2 and set(counts) == {1}, line
+
+
+@pytest.mark.parametrize("name, message", [
+    ("out.mp3", r"cannot write audio with '\.mp3'; use \.wav"),
+    ("out", r"cannot write audio with no extension"),
+    ("folder", r"is a directory"),
+    ("missing/out.wav", r"folder .*missing does not exist"),
+])
+def test_unwritable_output_fails_before_any_streaming(tmp_path, name, message):
+    (tmp_path / "folder").mkdir()
+    result = _run("stream", _wav(tmp_path / "in.wav"), tmp_path / name, "--random-init", "--task", "se")
+    assert result.returncode == 2
+    assert re.search(message, result.stderr), result.stderr
+    assert "real-time factor" not in result.stdout and "preparing the compiled engine" not in result.stdout
 
 
 def test_se_small_random_init(tmp_path):

@@ -83,6 +83,20 @@ def test_more_epochs_continue_a_finished_run(mixtures, tmp_path):
     assert continued["final_train_loss"] == straight["final_train_loss"]
 
 
+def test_an_unreadable_last_checkpoint_is_set_aside_and_the_run_restarts(mixtures, tmp_path, caplog):
+    run = tmp_path / "models" / "small"
+    straight = _trainer(mixtures, tmp_path / "b", _settings(epochs=1)).fit()
+    _trainer(mixtures, run, _settings(epochs=1)).fit()
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, e.g. by a full disk
+    with caplog.at_level("WARNING"):
+        again = _trainer(mixtures, run, _settings(epochs=1)).fit()
+    aside = tmp_path / "models" / ".small.last.pt.unreadable"
+    assert aside.is_file() and "truncated or corrupt PyTorch zip" in caplog.text and str(aside) in caplog.text
+    assert again["final_val_si_snri"] == straight["final_val_si_snri"]
+    assert read_checkpoint(last)["meta"]["epochs_done"] == 1
+
+
 class _Poisoned(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset

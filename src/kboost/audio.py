@@ -72,6 +72,25 @@ def resample_audio(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray
     return out.astype(np.float32)
 
 
+WRITABLE_FORMATS = ("WAV", "FLAC")  # what write_audio writes (lossless, from the extension)
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` can take write_audio's output: a .wav or .flac file name in an existing folder,
+    not a directory. Checked before any work, so a long run never fails at its last step."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory; give an output file name such as {path / 'out.wav'}")
+    if path.suffix[1:].upper() not in WRITABLE_FORMATS:
+        found = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise AudioError(f"{path}: cannot write audio with {found}; use .wav (32-bit float) or .flac")
+    if not path.parent.is_dir():
+        raise AudioError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise AudioError(f"{path}: folder {path.parent} is not writable")
+    return path
+
+
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write ``[channels, samples]`` (or 1-D mono) audio atomically.
 

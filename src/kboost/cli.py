@@ -254,18 +254,6 @@ def _embedding_from_args(args, task: str):
     return vector[None]
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)  # BLAS, which the compiled engine's matrix products call
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:  # already set (or parallel work already started) in this process
-        pass
-
-
 def _chunk_runners(model, embedding, engine: str):
     """(step, remote, device) callables on numpy chunks [2, 128]: ``step(chunk)`` runs the whole
     model; for a boosted pair ``remote(chunk)`` runs the remote side and returns the hint
@@ -293,13 +281,15 @@ def _chunk_runners(model, embedding, engine: str):
             lambda chunk, hint: model.device_step(tensor(chunk), hint, state, emb)[0].numpy())
 
 
-def stream_file(model, audio, embedding=None, engine: str = "compiled"):
+def stream_file(model, audio, embedding=None, engine: str = "compiled", threads: int | None = None):
     """Run ``model`` chunk by chunk over ``audio`` [2, N] (numpy) with the chosen engine
     (``compiled``: kboost.streaming; ``torch``: the modules' own ``step``).
 
     Returns (output [channels, N] numpy, timing, chunks processed); timing has "total", the
-    seconds spent in the chunk loop, and for a boosted pair "device", the part of it spent in
-    the on-device side (small model + merge modules).
+    seconds spent in the chunk loop, "threads", what every numeric library ran with, and for a
+    boosted pair "device", the part of it spent in the on-device side (small model + merge
+    modules). ``threads``: hold every library to this many threads (after compiling the engine,
+    which loads libraries of its own).
     The input is padded to whole chunks plus one extra chunk; the first 64 output samples (the
     lookahead lag) are dropped, so output sample n corresponds to input sample n.
     """
@@ -307,6 +297,7 @@ def stream_file(model, audio, embedding=None, engine: str = "compiled"):
     import torch
 
     from .models import HOP, LOOKAHEAD, BoostedPair
+    from .parallel import limit_threads, thread_report
 
     samples = audio.shape[-1]
     chunks = -(-samples // HOP) + 1  # whole chunks, plus one so the last 64 samples come out
@@ -317,6 +308,9 @@ def stream_file(model, audio, embedding=None, engine: str = "compiled"):
     timing = {"device": 0.0} if boosted else {}
     with torch.inference_mode():
         step, remote, device = _chunk_runners(model, embedding, engine)
+        if threads is not None:
+            limit_threads(threads)
+        timing["threads"] = thread_report()
         started = time.perf_counter()
         for k in range(chunks):
             chunk = np.ascontiguousarray(padded[:, k * HOP:(k + 1) * HOP])
@@ -334,15 +328,22 @@ def stream_file(model, audio, embedding=None, engine: str = "compiled"):
 
 
 def stream_command(args) -> None:
-    from .audio import read_audio, write_audio
+    from .parallel import limit_threads, thread_report
+
+    limit_threads(args.threads)  # before numpy, torch and numba load their thread pools
+    from .audio import check_output_path, read_audio, write_audio
     from .models import SAMPLE_RATE
 
     # Validate everything cheap before loading models.
+    check_output_path(args.output)
     audio = read_audio(args.input, sample_rate=SAMPLE_RATE, channels=2, allow_silent=True)
     model, description = _model_from_args(args)
     embedding = _embedding_from_args(args, model.task)
-    _set_threads(args.threads)  # after the d-vector: its encoder sets torch to one thread
-    output, timing, chunks = stream_file(model, audio, embedding, args.engine)
+    limit_threads(args.threads)  # again: the d-vector encoder sets torch to one thread
+    if args.engine == "compiled":
+        print("preparing the compiled engine (the first run compiles for a few minutes; later runs "
+              "load numba's cache) ...", flush=True)
+    output, timing, chunks = stream_file(model, audio, embedding, args.engine, threads=args.threads)
     elapsed = timing["total"]
     write_audio(args.output, output, SAMPLE_RATE)
 
@@ -355,6 +356,7 @@ def stream_command(args) -> None:
                                       else " (the PyTorch modules' step)"))
     print(f"real-time factor: {elapsed / duration:.4f} ({elapsed:.3f} s for {duration:.3f} s of audio, "
           f"{args.threads} thread{'s' if args.threads > 1 else ''})")
+    print(f"threads: {timing['threads']}")
     print(f"mean time per chunk: {1000 * elapsed / chunks:.3f} ms (budget 8 ms)")
     if "device" in timing:
         device = timing["device"]

@@ -6,6 +6,8 @@ so outputs never depend on the number of workers.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
@@ -59,3 +61,45 @@ def map_ordered(
             return results
     finally:
         bar.close()
+
+
+# Read by BLAS / OpenMP / numba when they are first loaded.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+
+
+def limit_threads(threads: int) -> None:
+    """Hold this process to ``threads`` threads in every numeric library: the environment for
+    libraries loaded from now on (numba's engine loads SciPy's OpenBLAS only when it compiles),
+    threadpoolctl for those already loaded, torch's own pools. Call it before the libraries are
+    imported and again after a model is compiled."""
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    if "numpy" in sys.modules or "torch" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # already set, or parallel work already ran in this process
+            pass
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def thread_report() -> str:
+    """The threads each loaded numeric library will use, as threadpoolctl sees them, and torch's."""
+    from threadpoolctl import threadpool_info
+
+    parts = [f"{lib.get('internal_api', lib.get('user_api'))} {lib['num_threads']}" for lib in threadpool_info()]
+    if "torch" in sys.modules:
+        import torch
+
+        parts.insert(0, f"torch {torch.get_num_threads()}")
+    return ", ".join(parts)

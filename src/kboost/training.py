@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .errors import KboostError
 from .distributed import all_sum, barrier, runtime
-from .models.checkpoint import read_checkpoint, save_checkpoint
+from .models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
 from .dataset import collate
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
@@ -188,7 +188,16 @@ class Trainer:
         path = self.out_dir / LAST
         if not path.is_file():
             return 0
-        payload = read_checkpoint(path)
+        try:
+            payload = read_checkpoint(path)
+        except CheckpointError as exc:  # e.g. truncated by a full disk: set it aside, start afresh
+            barrier(self.rt)  # every process has tried to read it before the main one moves it
+            aside = path.parent.parent / f".{path.parent.name}.{LAST}.unreadable"
+            if self.rt.main:
+                os.replace(path, aside)
+                log.warning("%s; moved it to %s and training this run from scratch", exc, aside)
+            barrier(self.rt)
+            return 0
         if payload["meta"].get("fingerprint") != self.meta["fingerprint"] or "training" not in payload:
             log.info("%s was written for other settings or data; training from scratch", path)
             return 0

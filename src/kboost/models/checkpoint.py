@@ -127,14 +127,8 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, not a torch file, disallowed pickled objects, ...
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-        if text and "weights only load failed" in text[0].lower():
-            reason = "it holds pickled Python objects, e.g. a whole module saved with torch.save(model), " \
-                     "which weights_only loading refuses"
-        else:
-            reason = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable kboost checkpoint, expected a file written by "
-                              f"kboost's save_checkpoint ({reason})") from exc
+                              f"kboost's save_checkpoint ({_unreadable_reason(path, exc)})") from exc
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"{path}: not a kboost checkpoint (no 'format' field; "
                               f"found {type(payload).__name__})")
@@ -152,6 +146,23 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
         raise CheckpointError(f"{path}: 'state_dict' must map parameter names to tensors")
     return payload
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load refused ``path``, from what the file starts with and torch's message."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    first = text[0][:200] if text else type(exc).__name__
+    if head.startswith(b"PK"):  # torch's zip format
+        if "weights only load failed" in first.lower():
+            return ("it holds pickled Python objects, e.g. a whole module saved with torch.save(model), "
+                    "which weights_only loading refuses")
+        return f"a truncated or corrupt PyTorch zip file ({first})"
+    if head[:1] == b"\x80":  # a bare pickle (torch's legacy format)
+        return f"a legacy pickle that weights_only loading cannot read ({first})"
+    size = path.stat().st_size
+    return f"not a PyTorch file at all: {size} bytes that are neither a zip archive nor a pickle"
 
 
 def _sizes(path: Path, payload: dict) -> dict:
