@@ -1,19 +1,28 @@
-"""fetch(): resume, retry, verification; extract(): safety and atomicity."""
+"""fetch(): resume, retry, verification, lock file; extract(): safety and atomicity."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import logging
 import os
+import re
+import socket
 import stat
 import tarfile
+import threading
 import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from kboost.download import DownloadError, extract, fetch, recorded_checksum, sidecar_path
+from kboost.download import (
+    CorruptArchiveError, DownloadError, check_archive, extract, extract_once, fetch, fetch_options,
+    load_lock, lock_path, recorded_checksum, sidecar_path,
+)
 
 FAST = dict(retries=3, backoff=0.001, timeout=10, progress=False)
 
@@ -310,3 +319,404 @@ def test_oversized_partial_file_restarts(http_server, tmp_path):
     fetch(url, tmp_path / "a.bin", _md5(data), **FAST)
     assert [r.status for r in http_server.requests] == [416, 200]
     assert (tmp_path / "a.bin").read_bytes() == data
+
+
+# --------------------------------------------------------------------------- incomplete and changed files
+# A scripted server for what the shared ``http_server`` fixture cannot do: answer without a
+# Content-Length (body ends when the connection closes), cut a chosen GET short and cleanly
+# close, cap 206 replies, and serve successive versions of a file (corrupt first, then good).
+
+@dataclass
+class Scripted:
+    """``versions[name]``: bodies served by successive GETs of ``name`` (the last one repeats);
+    ``cuts``: for GET number k (1-based) send only ``cuts[k-1]`` body bytes (``None``: all)
+    and close the connection cleanly; ``no_length``: send no Content-Length (and ``*`` as the
+    total of a Content-Range); ``cap``: send at most this many bytes in a 206 reply, with an
+    honest Content-Range; ``ignore_range``: answer Range requests with the whole file."""
+
+    port: int = 0
+    versions: dict = field(default_factory=dict)
+    cuts: list = field(default_factory=list)
+    no_length: bool = False
+    cap: int | None = None
+    ignore_range: bool = False
+    requests: list = field(default_factory=list)  # (Range header or None, status)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def serve(self, name: str, *bodies: bytes) -> str:
+        self.versions[name] = list(bodies)
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        state: Scripted = self.server.state  # type: ignore[attr-defined]
+        name = self.path.lstrip("/")
+        with state._lock:
+            number = len(state.requests) + 1
+            served = sum(1 for r in state.requests if r[2] == name)
+        bodies = state.versions.get(name)
+        if not bodies:
+            state.requests.append((self.headers.get("Range"), 404, name))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = bodies[min(served, len(bodies) - 1)]
+        size, start, status = len(data), 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", (self.headers.get("Range") or "").strip())
+        if match and not state.ignore_range:
+            start, status = int(match.group(1)), 206
+            if start >= size:
+                state.requests.append((self.headers.get("Range"), 416, name))
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        payload = data[start:]
+        if status == 206 and state.cap is not None:
+            payload = payload[: state.cap]
+        with state._lock:
+            state.requests.append((self.headers.get("Range"), status, name))
+        self.send_response(status)
+        if state.no_length:
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            total = "*" if state.no_length else str(size)
+            self.send_header("Content-Range", f"bytes {start}-{start + len(payload) - 1}/{total}")
+        self.end_headers()
+        cut = state.cuts[number - 1] if number <= len(state.cuts) else None
+        self.wfile.write(payload if cut is None else payload[:cut])
+        self.wfile.flush()
+        if cut is not None or state.no_length:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_WR)  # a clean close (FIN), not a reset
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def scripted():
+    state = Scripted()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    server.daemon_threads = True
+    server.state = state  # type: ignore[attr-defined]
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _zip_bytes(n: int = 200_000, seed: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("top/a.bin", (seed or b"") + os.urandom(n))
+        zf.writestr("top/b.txt", b"hello" * 100)
+    return buf.getvalue()
+
+
+def _tgz_bytes(n: int = 200_000) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("top/a.bin", os.urandom(n)), ("top/b.txt", b"hello" * 100)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    raw = bytearray(data)
+    if how == "zip-crc":  # one byte of a stored member flipped: opens, fails testzip
+        raw[len(raw) // 3] ^= 0xFF
+    elif how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "gzip-trailer":  # the tar inside is complete; only the gzip CRC is wrong
+        raw[-8] ^= 0xFF
+    return bytes(raw)
+
+
+def _lock_json(path: Path) -> dict:
+    return json.loads(path.read_text())["files"]
+
+
+def _aside(directory: Path, name: str) -> list[Path]:
+    return sorted(directory.glob(f"{name}.corrupt-*"))
+
+
+def test_no_length_early_close_archive_is_refetched(scripted, tmp_path, caplog):
+    """(a) no Content-Length, connection closed half-way, nothing known: the archive check
+    rejects the half file, it is moved aside and fetched again."""
+    data = _zip_bytes()
+    url = scripted.serve("set.zip", data)
+    scripted.no_length = True
+    scripted.cuts = [len(data) // 2]
+    with caplog.at_level(logging.WARNING, logger="kboost.download"):
+        dest = fetch(url, tmp_path / "set.zip", None, **FAST)
+    assert dest.read_bytes() == data
+    assert [r[:2] for r in scripted.requests] == [(None, 200), (None, 200)]
+    aside = _aside(tmp_path, "set.zip")
+    assert len(aside) == 1 and aside[0].stat().st_size == len(data) // 2
+    assert "set.zip is a corrupt archive" in caplog.text and "fetching it again" in caplog.text
+
+
+def test_no_length_early_close_resumes_to_the_locked_size(scripted, tmp_path):
+    """(a) no Content-Length, closed half-way, size known from the lock file: not accepted;
+    resumed with a Range request until the recorded size is reached."""
+    data = _payload(300_000)
+    url = scripted.serve("a.bin", data)
+    lock = tmp_path / "downloads.lock.json"
+    fetch(url, tmp_path / "first" / "a.bin", None, lock=lock, **FAST)  # records size and sha256
+    scripted.requests.clear()
+    scripted.no_length = True
+    scripted.cuts = [100_000]
+    dest = fetch(url, tmp_path / "second" / "a.bin", None, lock=lock, **FAST)
+    assert dest.read_bytes() == data
+    assert [r[:2] for r in scripted.requests] == [(None, 200), ("bytes=100000-", 206)]
+
+
+def test_no_length_persistent_early_close_gives_up(scripted, tmp_path):
+    data = _payload(300_000)
+    url = scripted.serve("a.bin", data)
+    lock = tmp_path / "downloads.lock.json"
+    fetch(url, tmp_path / "first" / "a.bin", None, lock=lock, **FAST)
+    scripted.no_length, scripted.ignore_range = True, True
+    scripted.cuts = [None] + [150_000] * 10
+    with pytest.raises(DownloadError, match=r"giving up .*closed at byte 150000 of 300000 "
+                                            r"\(recorded in the lock file\)") as info:
+        fetch(url, tmp_path / "second" / "a.bin", None, lock=lock, **FAST)
+    assert url in str(info.value)
+    assert not (tmp_path / "second" / "a.bin").exists()
+
+
+def test_no_length_nothing_known_warns(scripted, tmp_path, caplog):
+    """A plain file with no length, no pin and no lock entry cannot be checked: say so."""
+    url = scripted.serve("a.bin", _payload(5000))
+    scripted.no_length = True
+    with caplog.at_level(logging.WARNING, logger="kboost.download"):
+        fetch(url, tmp_path / "a.bin", None, **FAST)
+    assert "sent no length" in caplog.text and "cannot be checked for completeness" in caplog.text
+
+
+@pytest.mark.parametrize("server", ["content-length-cut", "capped-206"])
+def test_truncated_announced_length_is_resumed(scripted, tmp_path, server):
+    """(b) fewer bytes than the Content-Length (cut, clean close) or than the Content-Range
+    total (206 replies that each hold only part of the rest): resumed, never accepted."""
+    data = _payload(300_000)
+    url = scripted.serve("a.bin", data)
+    scripted.cuts = [120_000]
+    if server == "capped-206":
+        scripted.cap = 100_000
+    dest = fetch(url, tmp_path / "a.bin", None, **FAST)
+    assert dest.read_bytes() == data
+    expected = {"content-length-cut": [None, "bytes=120000-"],
+                "capped-206": [None, "bytes=120000-", "bytes=220000-"]}[server]
+    assert [r[0] for r in scripted.requests] == expected
+
+
+@pytest.mark.parametrize("change", ["flipped", "truncated", "appended"])
+def test_kept_file_changed_after_download_is_refetched(scripted, tmp_path, caplog, change):
+    """(c) the sha256 / size in the sidecar is re-checked on reuse."""
+    data = _payload(50_000)
+    url = scripted.serve("a.bin", data)
+    dest = fetch(url, tmp_path / "a.bin", None, **FAST)
+    changed = {"flipped": data[:100] + bytes([data[100] ^ 1]) + data[101:],
+               "truncated": data[:20_000], "appended": data + b"x"}[change]
+    dest.write_bytes(changed)
+    with caplog.at_level(logging.WARNING, logger="kboost.download"):
+        fetch(url, dest, None, **FAST)
+    assert dest.read_bytes() == data
+    assert len(scripted.requests) == 2
+    aside = _aside(tmp_path, "a.bin")
+    assert len(aside) == 1 and aside[0].read_bytes() == changed
+    assert f"moved it to {aside[0].name} and fetching it again" in caplog.text
+    reason = "differs from the sha256 recorded" if change == "flipped" else "bytes but a.bin.source.json records"
+    assert reason in caplog.text
+
+
+def test_kept_file_checked_against_the_lock(scripted, tmp_path, caplog):
+    """A kept file (sidecar deleted too) that differs from the lock entry is moved aside."""
+    data = _payload(50_000)
+    url = scripted.serve("a.bin", data)
+    lock = tmp_path / "downloads.lock.json"
+    dest = fetch(url, tmp_path / "a.bin", None, lock=lock, **FAST)
+    dest.write_bytes(os.urandom(50_000))
+    sidecar_path(dest).unlink()
+    with caplog.at_level(logging.WARNING, logger="kboost.download"):
+        fetch(url, dest, None, lock=lock, **FAST)
+    assert dest.read_bytes() == data
+    assert f"differs from the entry in {lock}" in caplog.text
+
+
+@pytest.mark.parametrize("suffix,how", [(".zip", "zip-crc"), (".zip", "truncated"),
+                                        (".tar.gz", "truncated"), (".tar.gz", "gzip-trailer")])
+def test_corrupt_archive_is_moved_aside_and_refetched(scripted, tmp_path, caplog, suffix, how):
+    """(d) a corrupt download (complete transfer of bad bytes) is not renamed into place."""
+    good = _zip_bytes() if suffix == ".zip" else _tgz_bytes()
+    bad = _corrupt(good, how)
+    name = f"set{suffix}"
+    url = scripted.serve(name, bad, good)
+    with caplog.at_level(logging.WARNING, logger="kboost.download"):
+        dest = fetch(url, tmp_path / name, None, **FAST)
+    assert dest.read_bytes() == good
+    aside = _aside(tmp_path, name)
+    assert len(aside) == 1 and aside[0].read_bytes() == bad
+    assert f"{name} is a corrupt archive" in caplog.text and aside[0].name in caplog.text
+    extract(dest, tmp_path / "out")  # and the kept one extracts
+
+
+def test_persistently_corrupt_archive_fails_after_one_refetch(scripted, tmp_path):
+    bad = _corrupt(_zip_bytes(), "zip-crc")
+    url = scripted.serve("set.zip", bad)
+    with pytest.raises(CorruptArchiveError) as info:
+        fetch(url, tmp_path / "set.zip", None, **FAST)
+    message = str(info.value)
+    aside = _aside(tmp_path, "set.zip")
+    assert len(aside) == 1  # only the newest bad copy is kept
+    assert url in message and "fails its CRC check" in message and "second download" in message
+    assert str(aside[0]) in message and "fetched again on the next run" in message
+    assert len(scripted.requests) == 2
+    assert not (tmp_path / "set.zip").exists() and not (tmp_path / "set.zip.part").exists()
+
+
+def test_corrupt_archive_matching_its_pin_is_not_refetched(scripted, tmp_path):
+    bad = _corrupt(_tgz_bytes(), "truncated")
+    url = scripted.serve("set.tar.gz", bad)
+    with pytest.raises(CorruptArchiveError, match="match the pinned checksum, so the published file itself is broken"):
+        fetch(url, tmp_path / "set.tar.gz", _md5(bad), **FAST)
+    assert len(scripted.requests) == 1
+
+
+def test_kept_archive_never_checked_is_checked(scripted, tmp_path):
+    """A file left by an earlier version (no sidecar, never checked) that is corrupt is refetched."""
+    good = _zip_bytes()
+    url = scripted.serve("set.zip", good)
+    (tmp_path / "set.zip").write_bytes(_corrupt(good, "truncated"))
+    fetch(url, tmp_path / "set.zip", None, **FAST)
+    assert (tmp_path / "set.zip").read_bytes() == good and len(_aside(tmp_path, "set.zip")) == 1
+
+
+def test_extract_once_moves_a_corrupt_archive_aside(tmp_path):
+    archive = tmp_path / "set.zip"
+    archive.write_bytes(_corrupt(_zip_bytes(), "zip-crc"))
+    sidecar_path(archive).write_text("{}")
+    with pytest.raises(CorruptArchiveError, match="fetched again on the next run") as info:
+        extract_once(archive, tmp_path / "out")
+    aside = _aside(tmp_path, "set.zip")
+    assert len(aside) == 1 and str(aside[0]) in str(info.value)
+    assert not archive.exists() and not sidecar_path(archive).exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("build,how", [("zip", None), ("tgz", None), ("tar", None),
+                                       ("tar", "truncated"), ("tar", "header"), ("zip", "garbage")])
+def test_check_archive(tmp_path, build, how):
+    data = {"zip": _zip_bytes, "tgz": _tgz_bytes}.get(build, lambda: gzip.decompress(_tgz_bytes()))()
+    suffix = {"zip": ".zip", "tgz": ".tgz", "tar": ".tar"}[build]
+    if how == "truncated":  # cut exactly after the first member's data: tarfile alone stops silently
+        data = data[: 512 + 200_000 + (-200_000 % 512)]
+    elif how == "header":  # second member's header damaged: tarfile alone stops silently
+        raw = bytearray(data)
+        raw[512 + 200_000 + (-200_000 % 512) + 100] ^= 0xFF
+        data = bytes(raw)
+    elif how == "garbage":
+        data = os.urandom(5000)
+    path = tmp_path / f"a{suffix}"
+    path.write_bytes(data)
+    if how is None:
+        check_archive(path)
+        extract(path, tmp_path / "out")
+        assert (tmp_path / "out" / "top" / "b.txt").read_bytes() == b"hello" * 100
+        return
+    with pytest.raises(CorruptArchiveError, match="a" + re.escape(suffix) + ": corrupt archive"):
+        check_archive(path)
+    with pytest.raises(CorruptArchiveError, match="a" + re.escape(suffix) + ": corrupt archive"):
+        extract(path, tmp_path / "out")  # extract() itself does not stop silently either
+    assert _leftovers(tmp_path) == [path.name]
+
+
+def test_lock_file_written_and_enforced(scripted, tmp_path):
+    """(e) the first fetch records url -> file, sha256, size; another machine (an empty
+    downloads folder, the same lock) fetching changed bytes gets an error naming the URL."""
+    data = _payload(40_000)
+    url = scripted.serve("a.bin", data)
+    lock = tmp_path / "downloads.lock.json"
+    fetch(url, tmp_path / "one" / "a.bin", None, lock=lock, **FAST)
+    entry = {"file": "a.bin", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    assert _lock_json(lock) == {url: entry}
+    assert load_lock(lock) == {url: entry}
+    text = lock.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # sorted, stable
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+    fetch(url, tmp_path / "two" / "a.bin", None, lock=lock, **FAST)  # same bytes: fine
+    assert lock.read_text() == text
+
+    changed = os.urandom(len(data))  # same size, other bytes: only the sha256 tells
+    scripted.serve("a.bin", changed)
+    with pytest.raises(DownloadError) as info:
+        fetch(url, tmp_path / "three" / "a.bin", None, lock=lock, **FAST)
+    message = str(info.value)
+    assert url in message and str(lock) in message and "delete the entry" in message
+    assert entry["sha256"] in message and hashlib.sha256(changed).hexdigest() in message
+    assert not (tmp_path / "three" / "a.bin").exists()
+    assert lock.read_text() == text
+
+    scripted.serve("a.bin", data + b"more")  # other size: refused from the Content-Length
+    scripted.requests.clear()
+    with pytest.raises(DownloadError, match=f"announces {len(data) + 4} bytes but .* records {len(data)}"):
+        fetch(url, tmp_path / "four" / "a.bin", None, lock=lock, **FAST)
+    assert len(scripted.requests) == 1 and not (tmp_path / "four" / "a.bin.part").exists()
+
+    scripted.no_length = True  # other size and no length: the size check after the transfer
+    with pytest.raises(DownloadError, match=f"{len(data) + 4} bytes"):
+        fetch(url, tmp_path / "five" / "a.bin", None, lock=lock, **FAST)
+    assert lock.read_text() == text
+
+
+def test_lock_entry_added_for_a_kept_file_and_bad_lock_named(scripted, tmp_path):
+    data = _payload(1000)
+    url = scripted.serve("a.bin", data)
+    dest = fetch(url, tmp_path / "a.bin", None, **FAST)  # no lock used
+    lock = tmp_path / "downloads.lock.json"
+    fetch(url, dest, None, lock=lock, **FAST)
+    assert len(scripted.requests) == 1  # reused, and recorded
+    assert _lock_json(lock)[url]["sha256"] == hashlib.sha256(data).hexdigest()
+    lock.write_text("{not json")
+    with pytest.raises(DownloadError, match=re.escape(str(lock)) + ".*not a valid download lock file"):
+        fetch(url, dest, None, lock=lock, **FAST)
+
+
+def test_fetch_options_lock_default(tmp_path):
+    assert lock_path(tmp_path / "data" / "downloads") == tmp_path / "data" / "downloads.lock.json"
+    assert fetch_options({"retries": 2, "timeout": None}) == {"retries": 2}
+    assert fetch_options({}, tmp_path / "dl") == {"lock": tmp_path / "dl.lock.json"}
+
+
+def test_pinned_checksum_with_lock(scripted, tmp_path):
+    """(f) a pinned md5 is still what the sidecar records; the lock gets the sha256."""
+    data = _payload(20_000)
+    lock = tmp_path / "downloads.lock.json"
+    url = scripted.serve("a.bin", data)
+    dest = fetch(url, tmp_path / "a.bin", _md5(data), lock=lock, **FAST)
+    assert recorded_checksum(dest) == _md5(data)
+    assert _lock_json(lock)[url]["sha256"] == hashlib.sha256(data).hexdigest()
+    fetch(url, dest, _md5(data), lock=lock, **FAST)
+    assert len(scripted.requests) == 1
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        fetch(url, tmp_path / "b.bin", "md5:" + "0" * 32, lock=lock, **FAST)
+    assert not (tmp_path / "b.bin").exists() and not (tmp_path / "b.bin.part").exists()

@@ -147,4 +147,6 @@ def test_rerun_reuses_download_and_extraction(http_server, tmp_path):
     librispeech.prepare(out, cfg, tmp_path / "dl", progress=False)
     assert len(http_server.requests) == first  # archives verified locally, not fetched again
     assert marker.stat().st_mtime_ns == stamp  # extraction reused
+    lock = json.loads((tmp_path / "dl.lock.json").read_text())["files"]
+    assert sorted(entry["file"] for entry in lock.values()) == sorted(f"{s}.tar.gz" for s in SUBSETS.values())
     assert len(read_index("speech", out, check_files=True)) == 15

@@ -252,5 +252,8 @@ def test_prepare_downloads_and_converts(tmp_path, http_server):
     out2.mkdir()
     mr.prepare(out2, cfg, tmp_path / "downloads", ["cipic", "ash"], progress=False)
     assert len(http_server.requests) == requests  # verified downloads are reused, not fetched again
+    lock = json.loads((tmp_path / "downloads.lock.json").read_text())["files"]
+    assert sorted(entry["file"] for entry in lock.values()) == [
+        "ash.zip", "subject_001.sofa", "subject_002.sofa", "subject_003.sofa", "subject_004.sofa"]
     with pytest.raises(ValueError, match=r"real.responses: no entry for response set\(s\) \['catt'\]"):
         mr.prepare(out2, cfg, tmp_path / "downloads", ["catt"], progress=False)

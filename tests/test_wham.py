@@ -63,6 +63,9 @@ def test_prepare_produces_valid_layout(http_server, tmp_path, caplog):
     assert source["checksum"] == "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
     assert source["checksum_pinned"] is False
     assert not (tmp_path / "downloads" / "wham_noise.extracted").exists()
+    lock = json.loads((tmp_path / "downloads.lock.json").read_text())["files"]  # next to downloads/
+    assert lock == {cfg["url"]: {"file": "wham_noise.zip", "size": archive.stat().st_size,
+                                 "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}}
 
 
 def test_48k_source_is_resampled(http_server, tmp_path):

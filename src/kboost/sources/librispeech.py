@@ -77,7 +77,7 @@ def prepare(
         pinned = md5s.get(subset)
         archive = fetch(url, downloads_dir / f"{subset}.tar.gz",
                         f"md5:{pinned}" if pinned else None, progress=progress,
-                        **fetch_options(cfg))
+                        **fetch_options(cfg, downloads_dir))
         archives[subset] = {"url": url, "checksum": recorded_checksum(archive), "split": split}
         trees[split] = _extracted_tree(archive, downloads_dir / f"{subset}.extracted", subset)
 

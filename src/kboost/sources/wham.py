@@ -56,7 +56,7 @@ def prepare(
 
     name = Path(urlparse(url).path).name or "wham_noise.zip"
     archive = fetch(url, downloads_dir / name, cfg.get("checksum"), progress=progress,
-                    **fetch_options(cfg))
+                    **fetch_options(cfg, downloads_dir))
     extracted = downloads_dir / f"{Path(name).stem}.extracted"
     extract_once(archive, extracted)
     root = _noise_root(extracted)
