@@ -74,7 +74,10 @@ def limit_threads(threads: int) -> None:
     threadpoolctl for those already loaded, torch's own pools. Call it before the libraries are
     imported and again after a model is compiled."""
     for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(threads)
+        # numba rereads its variables at every compilation and refuses a changed thread count
+        # once its pool exists; once it is loaded, set_num_threads below is the way.
+        if not (variable == "NUMBA_NUM_THREADS" and "numba" in sys.modules):
+            os.environ[variable] = str(threads)
     if "numpy" in sys.modules or "torch" in sys.modules:
         from threadpoolctl import threadpool_limits
 
