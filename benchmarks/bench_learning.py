@@ -44,8 +44,9 @@ def probe_params(args) -> dict:
     profile = params["profiles"][params["profile"]]
     profile["data"]["mixtures"]["train"] = args.train_mixtures
     epochs = max(1, round(args.clips / args.epoch_clips))
-    profile["train"].update(vanilla_epochs=epochs, train_mixtures=args.epoch_clips, threads=args.threads, processes=1,
-                            batch_size=args.batch_size)
+    profile["train"].update(train_mixtures=args.epoch_clips, threads=args.threads, processes=1,
+                            batch_size=args.batch_size, boosted_init="scratch")  # vanilla models only
+    profile["train"]["epochs"].update({model: epochs for model in args.models})
     for item in args.set:
         key, _, value = item.partition("=")
         _set(params, key, yaml.safe_load(value))

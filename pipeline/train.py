@@ -4,7 +4,8 @@ Trains one model on data/mixtures/<task> with the authors' recipe (params `train
 profile's scale (params profiles.<profile>.train and .models). Writes to --out: best.pt (best
 validation SI-SNRi), last.pt (resumable) and params.yaml (the resolved settings); DVCLive logs to
 --live. A killed run resumes from last.pt when rerun. A boosted pair's large model starts from
---large (the trained vanilla large model of the same task).
+--large (the trained vanilla large model of the same task), and its small model from --small
+(the trained vanilla small model) when the profile's train.boosted_init is small.
 
 Several processes (GPUs, or CPU cores): params profiles.<profile>.train.processes = N makes this
 script run itself under torchrun (DistributedDataParallel, the batch split across processes);
@@ -21,6 +22,7 @@ def main() -> None:
     parser.add_argument("--delay", type=int, help="boosted: hint delay in 8 ms chunks")
     parser.add_argument("--compression", type=int, help="boosted: compression factor P (default: params model.compression)")
     parser.add_argument("--large", help="boosted: the trained vanilla large checkpoint to start from")
+    parser.add_argument("--small", help="boosted, with boosted_init small: the trained vanilla small checkpoint")
     parser.add_argument("--out", required=True, help="checkpoint directory, e.g. data/models/ss/small")
     parser.add_argument("--live", help="DVCLive directory, e.g. metrics/train/ss/small")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
@@ -38,7 +40,8 @@ def main() -> None:
         exec_under_torchrun(processes, __file__, sys.argv[1:])  # does not return when processes > 1
 
         train_from_params(args.params, args.task, args.model, args.out, args.live, delay=args.delay,
-                          compression=args.compression, large_checkpoint=args.large, progress=not args.no_progress)
+                          compression=args.compression, large_checkpoint=args.large, small_checkpoint=args.small,
+                          progress=not args.no_progress)
 
     stage.run(run, f"train {args.task} {args.model}" + (f" delay {args.delay}" if args.delay is not None else ""))
 

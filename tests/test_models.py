@@ -153,6 +153,28 @@ def test_whole_clip_tail_is_the_stream_going_on_with_silence():
     assert out[..., -64:].abs().max() <= 2 * out[..., :-64].abs().max()
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_warm_started_pair_begins_at_the_vanilla_small_output(task):
+    """boosted_init small: the pair's small model is the trained vanilla one and the merge
+    modules add nothing yet, so the pair's output is the vanilla small model's, whole and streamed."""
+    torch.manual_seed(6)
+    small = TFGridNet(task, TINY_SMALL).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # "trained": away from the initial weights
+    pair = BoostedPair(TFGridNet(task, TINY_SMALL), TFGridNet(task, TINY_LARGE), delay=2).eval()
+    pair.small.load_state_dict(small.state_dict())
+    for merge in pair.merges:
+        merge.zero_residual()
+    audio, embedding = torch.randn(1, 2, 10 * HOP), _embedding(task)
+    with torch.inference_mode():
+        assert torch.equal(pair(audio, embedding), small(audio, embedding))
+        assert torch.equal(_stream(pair, audio, embedding), _stream(small, audio, embedding))
+    pair.train()
+    pair(audio, embedding).pow(2).mean().backward()
+    assert all(m.attention.out_norm.weight.grad.abs().sum() > 0 for m in pair.merges)  # it can learn
+
+
 def test_gradients_reach_the_large_model():
     """Joint training: the small model's loss trains the large model through the hint."""
     pair = BoostedPair(TFGridNet("se", TINY_SMALL), TFGridNet("se", TINY_LARGE), delay=1)

@@ -64,8 +64,9 @@ def _delete(path):
      r"profiles.demo.data.response_sets: unknown value\(s\) \['cipic'\]; allowed: simulated_room, anechoic_hrtf"),
     (_set("data.sample_rate", 8000), r"data.sample_rate: must be 16000"),
     (_set("dealy", 3), r"dealy: unknown key; did you mean delay\?"),
-    (_set("profiles.demo.train.vanila_epochs", 3), r"profiles.demo.train.vanila_epochs: unknown key; did you mean "
-                                                   r"profiles.demo.train.vanilla_epochs\?"),
+    (_set("profiles.demo.train.boosted_int", "small"), r"profiles.demo.train.boosted_int: unknown key; did you mean "
+                                                       r"profiles.demo.train.boosted_init\?"),
+    (_set("profiles.demo.train.epochs.medium", 1), r"profiles.demo.train.epochs.medium: must be small \+ boosted"),
     (_set("model.merge_start", "ones"), r"model.merge_start: unknown value 'ones'; allowed: zeros, masked"),
     (_set("tasks", ["se"]), r"ablation.compressions: the compression ablation trains SS pairs.*add ss to tasks"),
 ])

@@ -184,7 +184,8 @@ def _smoke_repo(mixtures, tmp_path, name):
     params["profile"] = "smoke"
     params["profiles"]["smoke"]["models"]["small"] = TINY.to_dict()
     # batch 2: 4 steps per epoch, so a kill can land mid-epoch
-    params["profiles"]["smoke"]["train"].update(vanilla_epochs=3, threads=1, batch_size=2)
+    params["profiles"]["smoke"]["train"].update(threads=1, batch_size=2)
+    params["profiles"]["smoke"]["train"]["epochs"].update(small=3, medium=4)  # medium = small + boosted
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 
@@ -259,7 +260,8 @@ def test_processes_param_trains_under_torchrun_and_resumes_after_a_kill(mixtures
 def test_killing_the_launcher_leaves_no_worker_behind(mixtures, tmp_path):
     repo = _smoke_repo(mixtures, tmp_path, "orphans")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profiles"]["smoke"]["train"].update(processes=2, vanilla_epochs=1000)
+    params["profiles"]["smoke"]["train"]["processes"] = 2
+    params["profiles"]["smoke"]["train"]["epochs"].update(small=1000, medium=1001)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
                "--out", "data/models/ss/small", "--no-progress"]

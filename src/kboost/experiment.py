@@ -16,12 +16,12 @@ def model_sizes(params: dict) -> dict[str, GridNetSize]:
             for role, cfg in params["profiles"][name]["models"].items()}
 
 
-def train_settings(params: dict, kind: str) -> TrainSettings:
-    """Settings of a vanilla (``kind="vanilla"``) or boosted training run."""
+def train_settings(params: dict, model: str) -> TrainSettings:
+    """Settings of the training run of ``model`` (small, medium, large or boosted)."""
     opt = params["train"]
     prof = params["profiles"][params["profile"]]["train"]
     return TrainSettings(
-        epochs=int(prof["vanilla_epochs" if kind == "vanilla" else "boosted_epochs"]),
+        epochs=int(prof["epochs"][model]),
         batch_size=int(prof["batch_size"]), lr=float(opt["lr"]), lr_factor=float(opt["lr_factor"]),
         lr_patience=int(opt["lr_patience"]), min_lr=float(opt["min_lr"]), clip_norm=float(opt["clip_norm"]),
         crop_seconds=None if prof["crop_seconds"] is None else float(prof["crop_seconds"]),
@@ -33,14 +33,19 @@ def train_settings(params: dict, kind: str) -> TrainSettings:
 # ------------------------------------------------------------------------------ training
 def train_from_params(params_path: str, task: str, model: str, out_dir: str, live_dir: str | None, *,
                       delay: int | None = None, compression: int | None = None,
-                      large_checkpoint: str | None = None, progress: bool = True) -> dict:
-    """Train one run of the study as params.yaml describes it; returns the training summary."""
+                      large_checkpoint: str | None = None, small_checkpoint: str | None = None,
+                      progress: bool = True) -> dict:
+    """Train one run of the study as params.yaml describes it; returns the training summary.
+
+    A boosted run starts its large model from ``large_checkpoint`` and, with the profile's
+    ``boosted_init: small``, its small model from ``small_checkpoint`` (merge modules adding
+    nothing at first, so the pair starts exactly at the vanilla small model's output)."""
     import torch
     import yaml
 
     from .dataset import MixtureDataset
     from .fsutil import atomic_file, file_digest, remove_temporaries_in
-    from .models.checkpoint import CheckpointError, build_boosted, build_vanilla, read_checkpoint
+    from .models.checkpoint import build_boosted, build_vanilla
     from .params import ParamsError, active_profile, load_params
     from .training import Trainer
 
@@ -52,20 +57,21 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     if boosted:
         if delay is None or large_checkpoint is None:
             raise ParamsError("a boosted run needs --delay and --large (the trained vanilla large checkpoint)")
+        if profile["train"]["boosted_init"] == "small" and small_checkpoint is None:
+            raise ParamsError(f"profiles.{params['profile']}.train.boosted_init is small: a boosted run needs "
+                              f"--small (the trained vanilla small checkpoint)")
         compression = main_compression if compression is None else compression
-    settings = train_settings(params, "boosted" if boosted else "vanilla")
+    settings = train_settings(params, model)
     limits = profile["train"]
 
     torch.manual_seed(settings.seed)  # same initial small weights in vanilla and boosted runs
     if boosted:
         net = build_boosted(task, sizes["small"], sizes["large"], delay, compression, params["model"]["merge_start"])
-        payload = read_checkpoint(large_checkpoint)
-        stored = payload["sizes"].get("model")
-        if payload["kind"] != "vanilla" or payload["task"] != task or stored != sizes["large"].to_dict():
-            raise CheckpointError(f"{large_checkpoint}: expected the vanilla {task} large model of size "
-                                  f"{sizes['large'].to_dict()}, found a {payload['kind']} {payload['task']} "
-                                  f"model {payload['sizes']}; rerun its training stage")
-        net.large.load_state_dict(payload["state_dict"])
+        net.large.load_state_dict(_vanilla_weights(large_checkpoint, task, "large", sizes["large"]))
+        if profile["train"]["boosted_init"] == "small":
+            net.small.load_state_dict(_vanilla_weights(small_checkpoint, task, "small", sizes["small"]))
+            for merge in net.merges:
+                merge.zero_residual()
     else:
         net = build_vanilla(task, sizes[model])
 
@@ -81,6 +87,8 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
         "data": {split: file_digest(data_dir / split / "manifest.csv") for split in ("train", "val")},
         "train_mixtures": len(train_set), "val_mixtures": len(val_set),
         "large_checkpoint": file_digest(large_checkpoint) if boosted else None,
+        "small_checkpoint": file_digest(small_checkpoint) if boosted and small_checkpoint else None,
+        "init": limits["boosted_init"] if boosted else "scratch",
     }
     out = Path(out_dir)
     for folder in (out, live_dir):  # what a killed write (checkpoint, metrics) left behind
@@ -93,3 +101,14 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
         with atomic_file(out / "params.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
     return summary
+
+
+def _vanilla_weights(path: str, task: str, role: str, size) -> dict:
+    """The state dict of the trained vanilla ``role`` model of ``task`` at ``path``, checked."""
+    from .models.checkpoint import CheckpointError, read_checkpoint
+
+    payload = read_checkpoint(path)
+    if payload["kind"] != "vanilla" or payload["task"] != task or payload["sizes"].get("model") != size.to_dict():
+        raise CheckpointError(f"{path}: expected the vanilla {task} {role} model of size {size.to_dict()}, found a "
+                              f"{payload['kind']} {payload['task']} model {payload['sizes']}; rerun its training stage")
+    return payload["state_dict"]

@@ -25,6 +25,7 @@ SOURCES = {
 }
 MODEL_ROLES = ("small", "medium", "large")
 COMPRESSIONS = (1, 2, 4)  # P of the paper's ablation
+BOOSTED_INITS = ("scratch", "small")  # a pair's small model: fresh weights, or the trained vanilla small
 MERGE_STARTS = ("zeros", "masked")  # = models.layers.LocalAttention.STARTS (params stay torch-free)
 EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
@@ -44,7 +45,8 @@ _PROFILE_SCHEMA = {
              "clip_seconds": None, "mixtures": None, "workers": None,
              "embedded": {"speakers": None, "utterances_per_speaker": None, "noise_clips": None, "rooms": None,
                           "directions_per_room": None, "anechoic_directions": None}},
-    "train": {"vanilla_epochs": None, "boosted_epochs": None, "batch_size": None, "crop_seconds": None,
+    "train": {"epochs": {"small": None, "medium": None, "large": None, "boosted": None}, "boosted_init": None,
+              "batch_size": None, "crop_seconds": None,
               "train_mixtures": None, "val_mixtures": None, "threads": None, "processes": None,
               "loader_workers": None},
     "eval": {"test_mixtures": None, "batch_size": None, "workers": None, "threads": None},
@@ -358,8 +360,15 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     check.per_split(emb, "anechoic_directions", pe, minimum=2)
     train = check.section(profile, "train", prefix)
     pt = f"{prefix}train."
-    check.integer(train, "vanilla_epochs", pt, minimum=1)
-    check.integer(train, "boosted_epochs", pt, minimum=1)
+    epochs = check.section(train, "epochs", pt)
+    for role in MODEL_ROLES + ("boosted",):
+        check.integer(epochs, role, f"{pt}epochs.", minimum=1)
+    if check.choice(train, "boosted_init", BOOSTED_INITS, pt) == "small":
+        # Fair budget: a warm-started boosted small model has also seen the vanilla small model's clips.
+        if epochs["medium"] != epochs["small"] + epochs["boosted"]:
+            check.fail(f"{pt}epochs.medium", f"must be small + boosted = {epochs['small'] + epochs['boosted']} with "
+                                             f"boosted_init: small (the boosted small model has seen both), "
+                                             f"got {epochs['medium']}")
     check.integer(train, "batch_size", pt, minimum=1)
     if check.value(train, "crop_seconds", pt) is not None:
         crop = check.number(train, "crop_seconds", pt, positive=True)

@@ -64,6 +64,14 @@ class MergeModule(nn.Module):
         qk = math.ceil(MERGE_QK / freqs)
         self.attention = LocalAttention(dim, MERGE_HEADS, qk, freqs, window, per_head=False, start=start)
 
+    def zero_residual(self) -> None:
+        """Make the module add nothing (its cross-attention output norm's gain and bias zero): a
+        pair whose small model is a trained vanilla one then starts at exactly its output, and
+        training grows the hint's contribution from there."""
+        with torch.no_grad():
+            self.attention.out_norm.weight.zero_()
+            self.attention.out_norm.bias.zero_()
+
     def forward(self, x: torch.Tensor, hint: torch.Tensor, state: dict | None = None):
         state = state or {}
         if state.get("past") is None:  # whole clip (or first chunk): zeros before the start
