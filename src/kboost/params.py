@@ -49,7 +49,7 @@ _PROFILE_SCHEMA = {
               "batch_size": None, "crop_seconds": None,
               "train_mixtures": None, "val_mixtures": None, "threads": None, "processes": None,
               "loader_workers": None},
-    "eval": {"test_mixtures": None, "batch_size": None, "workers": None, "threads": None},
+    "eval": {"test_mixtures": None, "batch_size": None, "workers": None, "threads": None, "engine": None},
 }
 SCHEMA = {
     "seed": None, "profile": None, "tasks": None, "delays": None, "delay": None,
@@ -388,6 +388,7 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     check.integer(ev, "batch_size", pv, minimum=1)
     check.integer(ev, "workers", pv, minimum=1)
     check.integer(ev, "threads", pv, minimum=0)
+    check.choice(ev, "engine", ("compiled", "torch"), pv)
 
 
 def active_profile(params: dict) -> dict:
