@@ -16,6 +16,9 @@ def main() -> None:
     what.add_argument("--mixture", action="store_true", help="score the mixtures themselves")
     parser.add_argument("--run", help="run name for the outputs, e.g. small or boosted-d6 (default: the "
                                       "checkpoint's directory name)")
+    parser.add_argument("--paired-with", metavar="RUN",
+                        help="also compare with RUN of the same task (e.g. medium) utterance by utterance: "
+                             "mean difference and its 95%% confidence half-width in the summary")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
@@ -32,7 +35,7 @@ def main() -> None:
 
         mixture_rows = None if args.mixture else str(eval_paths(args.task, "mixture")[0])
         evaluate_from_params(args.params, args.task, run_name, args.checkpoint, mixture_rows,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, paired_with=args.paired_with)
 
     stage.run(run, f"evaluate {args.task} {run_name}")
 

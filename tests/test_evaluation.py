@@ -83,3 +83,16 @@ def test_confidence_interval_matches_student_t():
     half = confidence_interval(values)
     low, high = stats.t.interval(0.95, 3, loc=3.5, scale=stats.sem([1, 2, 4, 7]))
     assert half == pytest.approx((high - low) / 2)
+
+
+def test_paired_difference_is_per_utterance():
+    from kboost.evaluation import EvaluationError, paired_difference
+
+    boosted = pd.DataFrame({"mixture_id": ["a", "b", "c", "d"], "si_sdri": [3.0, 5.0, 4.0, 8.0]})
+    medium = pd.DataFrame({"mixture_id": ["d", "c", "b", "a"], "si_sdri": [7.0, 3.5, 4.0, 2.0]})  # other order
+    paired = paired_difference(boosted, medium, "medium")
+    diffs = pd.Series([1.0, 1.0, 0.5, 1.0])
+    assert paired["utterances"] == 4 and paired["si_sdri"]["mean"] == pytest.approx(diffs.mean())
+    assert paired["si_sdri"]["ci95"] == pytest.approx(confidence_interval(diffs), abs=1e-4)
+    with pytest.raises(EvaluationError, match="1 test mixtures have no medium row"):
+        paired_difference(boosted, medium.iloc[:3], "medium")

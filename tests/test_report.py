@@ -30,10 +30,16 @@ def study_dir(tmp_path):
                 continue
             path = tmp_path / "metrics" / "eval" / task / f"{run}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_summary(1.0 + r + t)))
+            summary = _summary(1.0 + r + t)
+            if run.startswith("boosted"):  # paired with medium (run index 2), as evaluate_boosted writes it
+                summary["paired"] = {"against": "medium", "utterances": 10, "si_sdri": {"mean": r - 2.0, "ci95": 0.2}}
+            path.write_text(json.dumps(summary))
         live = tmp_path / "metrics" / "train" / task / "small" / "plots" / "metrics"
         live.mkdir(parents=True)
         (live / "val_si_snri.tsv").write_text("step\tval_si_snri\n1\t-3.0\n2\t-1.5\n")
+        boosted = tmp_path / "metrics" / "train" / task / "boosted-d6" / "plots" / "metrics"
+        boosted.mkdir(parents=True)
+        (boosted / "val_si_snri.tsv").write_text("step\tval_si_snri\n1\t-1.0\n")
     shutil.copy(ROOT / "metrics" / "macs.json", tmp_path / "metrics" / "macs.json")
     shutil.copytree(ROOT / "paper" / "templates", tmp_path / "paper" / "templates")
     shutil.copy(ROOT / "paper" / "reported.yaml", tmp_path / "paper" / "reported.yaml")
@@ -64,6 +70,8 @@ def test_tables_and_figures_come_from_metrics_and_are_byte_identical(study_dir, 
     # gain over medium at 48 ms for SS: (5 - 1) - (2 + 0 - 1)... boosted-d6 5.00 minus medium 2.00 = +3.00
     assert "| SS | +2.31 | +3.00 | +0.69 |" in versus
     assert "not the paper's setting" in versus
+    delays = first["tables/delays.md"].decode()
+    assert "| SS | boosted small | 6 | 48 | 5.00 ± 0.30 | +3.00 ± 0.20 |" in delays
     assert "\\begin{tabular}" in first["tables/main.tex"].decode()
     assert "$\\pm$" in first["tables/main.tex"].decode()
 
@@ -153,3 +161,15 @@ def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
     assert state["tables"] == len(tables) + 1
     assert state["imgs"] and all(state["imgs"])
     assert state["audio"] and all(state["audio"])
+
+
+def test_learning_curves_are_against_clips_seen_and_warm_starts_continue(study_dir):
+    from kboost.report import training_curves
+
+    root, params = study_dir
+    train = params["profiles"]["demo"]["train"]
+    per_epoch, small_epochs = train["train_mixtures"], train["epochs"]["small"]
+    curves = training_curves(Study(params, root))["ss"]
+    assert curves["small"] == [(per_epoch, -3.0), (2 * per_epoch, -1.5)]
+    start = small_epochs * per_epoch if train["boosted_init"] == "small" else 0
+    assert curves["boosted-d6"] == [(start + per_epoch, -1.0)]

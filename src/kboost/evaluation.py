@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .dataset import MixtureDataset, collate
+from .errors import KboostError
 from .fsutil import atomic_file, remove_stale_temporaries, write_json
 from .metrics import score_utterance
 from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
@@ -26,6 +27,10 @@ from .params import active_profile, load_params
 from .runs import MIXTURES_DIR, best_epoch, eval_paths
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
+
+
+class EvaluationError(KboostError, ValueError):
+    """Evaluation inputs that do not fit together."""
 MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
 
 
@@ -132,6 +137,21 @@ def summarise(rows: pd.DataFrame, metrics=SUMMARY_METRICS) -> dict:
     return summary
 
 
+def paired_difference(rows: pd.DataFrame, reference: pd.DataFrame, against: str, metrics=("si_sdri",)) -> dict:
+    """Per-utterance differences ``rows - reference`` on the same test mixtures: their mean and
+    95% confidence half-width (a paired comparison: far tighter than two separate intervals)."""
+    joined = rows.set_index("mixture_id")[list(metrics)].join(
+        reference.set_index("mixture_id")[list(metrics)], rsuffix="_reference", how="inner")
+    if len(joined) != len(rows):
+        raise EvaluationError(f"paired comparison with {against}: {len(rows) - len(joined)} test mixtures have no "
+                         f"{against} row; evaluate both on the same test split")
+    out = {"against": against, "utterances": int(len(joined))}
+    for m in metrics:
+        diff = joined[m] - joined[f"{m}_reference"]
+        out[m] = {"mean": _finite(diff.mean()), "ci95": _finite(confidence_interval(diff))}
+    return out
+
+
 def _finite(value: float):
     """JSON has no NaN: a metric nobody could compute is null."""
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
@@ -144,9 +164,10 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- the stage
 def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None,
-                         mixture_rows: str | None, progress: bool = True) -> dict:
+                         mixture_rows: str | None, progress: bool = True, paired_with: str | None = None) -> dict:
     """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split;
-    write its per-utterance CSV and summary JSON; return the summary."""
+    write its per-utterance CSV and summary JSON; return the summary. ``paired_with``: a run of
+    the same task (e.g. medium) whose rows the summary is compared with utterance by utterance."""
 
     params = load_params(params_path)
     prof = active_profile(params)["eval"]
@@ -172,6 +193,9 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
             mixture = pd.read_csv(mixture_rows).set_index("mixture_id")[["pesq", "stoi"]]
             rows = rows.join(mixture.add_suffix("_mixture"), on="mixture_id")
         summary.update(summarise(rows, SUMMARY_METRICS))
+        if paired_with is not None:
+            reference = pd.read_csv(eval_paths(task, paired_with)[0])
+            summary["paired"] = paired_difference(rows, reference, paired_with)
         device = [model.small, model.merges] if info.kind == "boosted" else [model]
         history = info.meta.get("history")
         summary.update(kind=info.kind, delay=info.delay, compression=info.compression,

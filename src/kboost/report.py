@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import KboostError
-from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, run_name
+from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, clips_before, clips_per_epoch, run_name
 
 TASK_NAMES = {"se": "SE", "ss": "SS", "tse": "TSE"}
 CHUNK_MS = 8
@@ -143,34 +143,45 @@ def main_table(study: Study) -> Table:
     return table
 
 
+def paired_gain(summary: dict) -> str:
+    """Boosted minus medium, utterance by utterance: mean ± 95% confidence half-width (dB)."""
+    paired = summary.get("paired", {}).get("si_sdri")
+    if not paired or paired.get("mean") is None:
+        return "n/a"
+    half = paired.get("ci95")
+    return signed(paired["mean"]) + ("" if half is None else f" ± {fmt(half)}")
+
+
 def delay_table(study: Study) -> Table:
     table = Table("delays", "Boosted small model versus communication delay, with the vanilla models as reference "
-                            "(SI-SDRi in dB, mean ± 95% confidence half-width).",
+                            "(SI-SDRi in dB, mean ± 95% confidence half-width). Gain over medium: the boosted "
+                            "small model minus the vanilla model of its size on the same test utterances, mean "
+                            "± 95% confidence half-width of the per-utterance differences; an interval that "
+                            "excludes 0 is a resolved difference.",
                   ["task", "model", "delay (chunks)", "delay (ms)", "SI-SDRi (dB)", "gain over medium (dB)"])
     for task in study.tasks:
-        medium = study.si_sdri(task, "medium")
         for run in VANILLA:
             table.rows.append([TASK_NAMES[task], f"{run} (vanilla)", "-", "-", with_ci(study.summary(task, run), "si_sdri"),
-                               signed(None if run != "medium" else 0.0)])
+                               "-" if run != "medium" else signed(0.0)])
         for delay in study.delays:
-            run = study.boosted(delay)
-            value = study.si_sdri(task, run)
-            gain = None if value is None or medium is None else value - medium
+            summary = study.summary(task, study.boosted(delay))
             table.rows.append([TASK_NAMES[task], "boosted small", str(delay), str(delay * CHUNK_MS),
-                               with_ci(study.summary(task, run), "si_sdri"), signed(gain)])
+                               with_ci(summary, "si_sdri"), paired_gain(summary)])
     return table
 
 
 def ablation_table(study: Study) -> Table | None:
     if "ss" not in study.tasks or not study.ablation["compressions"] or not study.ablation["delays"]:
         return None
-    table = Table("ablation", "Compression ablation (SS): hint channels cut by P before sending; SI-SDRi in dB.",
-                  ["delay (chunks)", "P", "hint channels", "SI-SDRi (dB)"])
+    table = Table("ablation", "Compression ablation (SS): hint channels cut by P before sending; SI-SDRi in dB; "
+                              "gain over medium as in the delay table (paired, per utterance).",
+                  ["delay (chunks)", "P", "hint channels", "SI-SDRi (dB)", "gain over medium (dB)"])
     channels = 2 * 4  # SS: 4 complex outputs -> 8 real channels
     for delay in sorted(study.ablation["delays"]):
         for p in sorted({study.compression, *study.ablation["compressions"]}):
             run = study.boosted(delay, p)
-            table.rows.append([str(delay), str(p), str(channels // p), with_ci(study.summary("ss", run), "si_sdri")])
+            summary = study.summary("ss", run)
+            table.rows.append([str(delay), str(p), str(channels // p), with_ci(summary, "si_sdri"), paired_gain(summary)])
     return table
 
 
@@ -257,15 +268,20 @@ def all_tables(study: Study, reported: dict) -> list[Table]:
 
 # -------------------------------------------------------------------------------- figures
 def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Validation SI-SNRi per epoch from the DVCLive logs: task -> run -> [(epoch, value)]."""
+    """Validation SI-SNRi from the DVCLive logs against the training clips the model had seen:
+    task -> run -> [(clips, value)]. A warm-started boosted pair's clips start where its vanilla
+    small model's ended."""
+    per_epoch = clips_per_epoch(study.params)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for task in study.tasks:
         for run in [*VANILLA, *(study.boosted(d) for d in study.delays)]:
             path = study.root / TRAIN_METRICS_DIR / task / run / "plots" / "metrics" / "val_si_snri.tsv"
             if not path.is_file():
                 continue
+            offset = clips_before(study.params, "boosted" if run.startswith("boosted") else run)
             lines = path.read_text().strip().splitlines()[1:]
-            curves.setdefault(task, {})[run] = [(int(a), float(b)) for a, b in (line.split("\t")[:2] for line in lines)]
+            curves.setdefault(task, {})[run] = [(offset + int(a) * per_epoch, float(b))
+                                                for a, b in (line.split("\t")[:2] for line in lines)]
     return curves
 
 
@@ -377,7 +393,8 @@ def figure_gain_vs_gap(study: Study, out_dir: Path) -> list[Path]:
 
 
 def figure_training(study: Study, out_dir: Path) -> list[Path]:
-    """Validation SI-SNRi per epoch (DVCLive logs) of every run, one panel per task."""
+    """Validation SI-SNRi against training clips seen (DVCLive logs) of every run, one panel per
+    task: whether each model had converged."""
     curves = training_curves(study)
     if not curves:
         return []
@@ -387,7 +404,7 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
         for run, points in runs.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run)
         ax.set_title(TASK_NAMES[task])
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("training clips seen")
         ax.grid(alpha=0.3)
     return _finish(plt, fig, axes[0], "validation SI-SNRi (dB)", 6, out_dir, "training_curves")
 

@@ -39,3 +39,19 @@ def best_epoch(history: list[dict]) -> dict:
     """The history row of the best validation SI-SNRi (the first such epoch on ties): the
     epoch whose weights best.pt holds."""
     return max(history, key=lambda row: row["val_si_snri"])
+
+
+def clips_per_epoch(params: dict) -> int:
+    """Training clips one epoch draws (profile train.train_mixtures, or every training mixture)."""
+    profile = params["profiles"][params["profile"]]
+    per_epoch = profile["train"]["train_mixtures"]
+    return int(per_epoch if per_epoch is not None else profile["data"]["mixtures"]["train"])
+
+
+def clips_before(params: dict, model: str) -> int:
+    """Clips a run's small model had seen before its own first epoch: a warm-started boosted
+    pair continues from the vanilla small model (profile train.boosted_init: small)."""
+    train = params["profiles"][params["profile"]]["train"]
+    if model == "boosted" and train["boosted_init"] == "small":
+        return int(train["epochs"]["small"]) * clips_per_epoch(params)
+    return 0
