@@ -1,6 +1,7 @@
 """Shared fixture: a local HTTP server with switches that simulate unreliable mirrors."""
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -125,11 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-@pytest.fixture
-def http_server(tmp_path_factory):
-    """Serve a fresh directory on 127.0.0.1 (random port) from a thread; yields LocalServer."""
-    state = LocalServer(root=tmp_path_factory.mktemp("served"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextlib.contextmanager
+def serve(handler, state):
+    """Run ``handler`` on 127.0.0.1 (random port, stored in ``state.port``) from a thread; the
+    handler reaches ``state`` as ``self.server.state``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.state = state  # type: ignore[attr-defined]
     state.port = server.server_address[1]
@@ -141,3 +142,10 @@ def http_server(tmp_path_factory):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server(tmp_path_factory):
+    """Serve a fresh directory on 127.0.0.1 (random port) from a thread; yields LocalServer."""
+    with serve(_Handler, LocalServer(root=tmp_path_factory.mktemp("served"))) as state:
+        yield state

@@ -14,10 +14,11 @@ import tarfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from conftest import serve
 
 from kboost.download import (
     CorruptArchiveError, DownloadError, check_archive, extract, extract_once, fetch, fetch_options,
@@ -406,19 +407,8 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted():
-    state = Scripted()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
-    server.daemon_threads = True
-    server.state = state  # type: ignore[attr-defined]
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve(_ScriptedHandler, Scripted()) as state:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _zip_bytes(n: int = 200_000, seed: bytes = b"") -> bytes:
