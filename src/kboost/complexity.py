@@ -28,6 +28,7 @@ from torch import nn
 from .models import BoostedPair, GridNetSize, TFGridNet, count_parameters
 from .models.frontend import HOP, SAMPLE_RATE, StftFrontEnd
 from .models.gridnet import EMBEDDING_DIM, MICS
+from .models.fast_lstm import FastLSTM
 from .models.layers import CausalConvTranspose2d, HeadNorm, HeadPReLU, LocalAttention, StreamingLSTM
 
 CHUNKS_PER_SECOND = SAMPLE_RATE // HOP  # 125
@@ -109,14 +110,15 @@ CUSTOM_HOOKS = {
     LocalAttention: _attention_hook,
     CausalConvTranspose2d: _causal_deconv_hook,
 }
-# Our streaming LSTM is an nn.LSTM; give ptflops (also its get_model_complexity_info) its rule.
-MODULES_MAPPING.setdefault(StreamingLSTM, MODULES_MAPPING[nn.LSTM])
+# Our LSTMs are nn.LSTM subclasses; give ptflops (also its get_model_complexity_info) nn.LSTM's rule.
+for _lstm in (FastLSTM, StreamingLSTM):
+    MODULES_MAPPING.setdefault(_lstm, MODULES_MAPPING[nn.LSTM])
 # Modules that do run but whose work is not counted (see CONVENTION["not_counted"]).
 UNCOUNTED = (StftFrontEnd,)
 
 CATEGORIES = {
     nn.Conv2d: "conv", CausalConvTranspose2d: "conv", nn.ConvTranspose2d: "conv",
-    nn.LSTM: "lstm", StreamingLSTM: "lstm", nn.Linear: "linear", LocalAttention: "attention_products",
+    nn.LSTM: "lstm", FastLSTM: "lstm", StreamingLSTM: "lstm", nn.Linear: "linear", LocalAttention: "attention_products",
     nn.LayerNorm: "norm", HeadNorm: "norm", HeadPReLU: "activation",
 }
 

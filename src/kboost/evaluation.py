@@ -22,6 +22,7 @@ from .fsutil import atomic_file, remove_stale_temporaries, write_json
 from .metrics import score_utterance
 from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
 from .models.checkpoint import CheckpointError, load_checkpoint
+from .models.fast_lstm import set_enabled as use_fast_lstm
 from .parallel import limit_threads, map_ordered
 from .params import active_profile, load_params
 from .runs import MIXTURES_DIR, best_epoch, eval_paths
@@ -170,6 +171,7 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
     the same task (e.g. medium) whose rows the summary is compared with utterance by utterance."""
 
     params = load_params(params_path)
+    use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
     prof = active_profile(params)["eval"]
     torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
     test_set = MixtureDataset(MIXTURES_DIR / task, "test", limit=prof["test_mixtures"])

@@ -49,7 +49,10 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     from .params import ParamsError, active_profile, load_params
     from .training import Trainer
 
+    from .models.fast_lstm import set_enabled as use_fast_lstm
+
     params = load_params(params_path)
+    use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
     profile = active_profile(params)
     sizes = model_sizes(params)
     main_compression = int(params["model"]["compression"])

@@ -59,7 +59,7 @@ SCHEMA = {
              "tse": {"sir_db": None, "noise_snr_db": None, "min_separation_deg": None}},
     "model": {"compression": None, "merge_start": None},
     "train": {"lr": None, "lr_factor": None, "lr_patience": None, "min_lr": None, "clip_norm": None,
-              "mixed_precision": None},
+              "mixed_precision": None, "cpu_lstm": None},
     "ablation": {"compressions": None, "delays": None},
     "embedded": {
         "speech": {"voices": None, "variants": None, "pitch_range": None, "rate_range": None,
@@ -249,6 +249,7 @@ def _validate_train(check: _Checker, train: dict) -> None:
     check.integer(train, "lr_patience", p, minimum=0)
     if not isinstance(check.value(train, "mixed_precision", p), bool):
         check.fail("train.mixed_precision", f"must be true or false, got {train['mixed_precision']!r}")
+    check.choice(train, "cpu_lstm", ("fast", "torch"), p)
 
 
 def _validate_ablation(check: _Checker, ablation: dict, delays: list, compression: int) -> None:

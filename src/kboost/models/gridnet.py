@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import KboostError
 from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd, pad_clip
+from .fast_lstm import FastLSTM
 from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention, StreamingLSTM
 
 MICS = 2
@@ -66,7 +67,7 @@ class GridNetBlock(nn.Module):
         super().__init__()
         d, h = size.emb_dim, size.hidden
         self.intra_norm = nn.LayerNorm(d)
-        self.intra_rnn = nn.LSTM(d, h, batch_first=True, bidirectional=True)
+        self.intra_rnn = FastLSTM(d, h, batch_first=True, bidirectional=True)  # = nn.LSTM, faster on CPUs
         self.intra_proj = nn.Linear(2 * h, d)  # = ConvTranspose1d(2H -> D, kernel 1)
         self.inter_norm = nn.LayerNorm(d)
         self.inter_rnn = StreamingLSTM(d, h)

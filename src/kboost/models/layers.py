@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .fast_lstm import FastLSTM
+
 CAUSAL_FRAMES = 2  # the 3x3 convolutions see the current frame and two past ones
 
 
@@ -56,9 +58,10 @@ class CausalConvTranspose2d(nn.Module):
         return F.conv2d(padded, weight, self.deconv.bias, padding=(0, 1)), buffer
 
 
-class StreamingLSTM(nn.LSTM):
+class StreamingLSTM(FastLSTM):
     """One-layer, unidirectional, batch-first LSTM whose single-frame calls with a carried state
-    run one fused ``torch.lstm_cell`` (much cheaper per 8 ms chunk than nn.LSTM's setup)."""
+    run one fused ``torch.lstm_cell`` (much cheaper per 8 ms chunk than nn.LSTM's setup); whole
+    sequences take FastLSTM's CPU kernels (an nn.LSTM: same parameters and state_dict)."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size, batch_first=True)
