@@ -121,16 +121,25 @@ def _element_pointer(context, builder, arrty, arr, idxty, idx):
     return builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
 
 
-@intrinsic
-def _vload(typingctx, arr, idx):
-    """Elements idx .. idx + BLOCK - 1 (flat index) of a C-contiguous float32 array."""
-    if not (_float_array(arr) and isinstance(idx, types.Integer)):
-        return None
+def _array_read(emit, doc: str):
+    """An intrinsic ``f(arr, idx)`` on a C-contiguous float32 array that returns a vector built by
+    ``emit(builder, pointer to flat element idx)``."""
+    @intrinsic
+    def read(typingctx, arr, idx):
+        if not (_float_array(arr) and isinstance(idx, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load(builder.bitcast(ptr, _VF.as_pointer()), align=4)
-    return _vec(arr, idx), codegen
+        def codegen(context, builder, sig, args):
+            return emit(builder, _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
+        return _vec(arr, idx), codegen
+    read.__doc__ = doc
+    return read
+
+
+_vload = _array_read(lambda builder, ptr: builder.load(builder.bitcast(ptr, _VF.as_pointer()), align=4),
+                     "Elements idx .. idx + BLOCK - 1 (flat index) of a C-contiguous float32 array.")
+_vbcast = _array_read(lambda builder, ptr: _splat(builder, builder.load(ptr, align=4)),
+                      "Flat element ``idx`` of a C-contiguous float32 array, in every lane.")
 
 
 @intrinsic
@@ -144,18 +153,6 @@ def _vstore(typingctx, arr, idx, v):
         builder.store(args[2], builder.bitcast(ptr, _VF.as_pointer()), align=4)
         return context.get_dummy_value()
     return types.none(arr, idx, v), codegen
-
-
-@intrinsic
-def _vbcast(typingctx, arr, idx):
-    """Flat element ``idx`` of a C-contiguous float32 array, in every lane."""
-    if not (_float_array(arr) and isinstance(idx, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return _splat(builder, builder.load(ptr, align=4))
-    return _vec(arr, idx), codegen
 
 
 @intrinsic
