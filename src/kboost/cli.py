@@ -297,10 +297,11 @@ def stream_file(model, audio, embedding=None, engine: str = "compiled", threads:
     import torch
 
     from .models import HOP, LOOKAHEAD, BoostedPair
+    from .models.frontend import stream_length
     from .parallel import limit_threads, thread_report
 
     samples = audio.shape[-1]
-    chunks = -(-samples // HOP) + 1  # whole chunks, plus one so the last 64 samples come out
+    chunks = stream_length(samples) // HOP  # whole chunks, plus one so the last 64 samples come out
     padded = np.zeros((2, chunks * HOP), np.float32)
     padded[:, :samples] = audio
     outputs = []

@@ -21,6 +21,7 @@ from .errors import KboostError
 from .fsutil import atomic_file, remove_stale_temporaries, write_json
 from .metrics import score_utterance
 from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
+from .models.frontend import stream_length
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.fast_lstm import set_enabled as use_fast_lstm
 from .parallel import limit_threads, map_ordered
@@ -28,11 +29,11 @@ from .params import active_profile, load_params
 from .runs import MIXTURES_DIR, best_epoch, eval_paths
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
+MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
 
 
 class EvaluationError(KboostError, ValueError):
     """Evaluation inputs that do not fit together."""
-MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
 
 
 def stream_clips(pair: BoostedPair, mixture: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
@@ -40,7 +41,7 @@ def stream_clips(pair: BoostedPair, mixture: torch.Tensor, embedding: torch.Tens
     [B, S, 2, N] aligned with the input. The input is padded with zeros to whole chunks plus one,
     so the last 64 samples come out (the 4 ms lookahead), as if the input went on silent."""
     length = mixture.shape[-1]
-    padded = torch.nn.functional.pad(mixture, (0, -length % HOP + HOP))
+    padded = torch.nn.functional.pad(mixture, (0, stream_length(length) - length))
     state = pair.initial_state(mixture.shape[0], mixture.dtype, mixture.device)
     outputs = []
     for start in range(0, padded.shape[-1], HOP):
@@ -54,12 +55,11 @@ def stream_clip_compiled(engine, mixture: np.ndarray) -> np.ndarray:
     """One clip [2, N] chunk by chunk through a compiled engine (kboost.streaming), padded like
     ``stream_clips``; returns [S, 2, N] aligned with the input."""
     length = mixture.shape[-1]
-    chunks = -(-length // HOP) + 1
-    padded = np.zeros((mixture.shape[0], chunks * HOP), np.float32)
+    padded = np.zeros((mixture.shape[0], stream_length(length)), np.float32)
     padded[:, :length] = mixture
     state = engine.initial_state()
-    out = np.concatenate([engine.step(np.ascontiguousarray(padded[:, k * HOP:(k + 1) * HOP]), state)
-                          for k in range(chunks)], axis=-1)
+    out = np.concatenate([engine.step(np.ascontiguousarray(padded[:, start:start + HOP]), state)
+                          for start in range(0, padded.shape[-1], HOP)], axis=-1)
     return out[..., LOOKAHEAD:LOOKAHEAD + length]
 
 

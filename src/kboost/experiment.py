@@ -46,10 +46,9 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     from .dataset import MixtureDataset
     from .fsutil import atomic_file, file_digest, remove_temporaries_in
     from .models.checkpoint import build_boosted, build_vanilla
+    from .models.fast_lstm import set_enabled as use_fast_lstm
     from .params import ParamsError, active_profile, load_params
     from .training import Trainer
-
-    from .models.fast_lstm import set_enabled as use_fast_lstm
 
     params = load_params(params_path)
     use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
@@ -57,10 +56,11 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     sizes = model_sizes(params)
     main_compression = int(params["model"]["compression"])
     boosted = model == "boosted"
+    warm_start = boosted and profile["train"]["boosted_init"] == "small"  # small model from its vanilla run
     if boosted:
         if delay is None or large_checkpoint is None:
             raise ParamsError("a boosted run needs --delay and --large (the trained vanilla large checkpoint)")
-        if profile["train"]["boosted_init"] == "small" and small_checkpoint is None:
+        if warm_start and small_checkpoint is None:
             raise ParamsError(f"profiles.{params['profile']}.train.boosted_init is small: a boosted run needs "
                               f"--small (the trained vanilla small checkpoint)")
         compression = main_compression if compression is None else compression
@@ -71,7 +71,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     if boosted:
         net = build_boosted(task, sizes["small"], sizes["large"], delay, compression, params["model"]["merge_start"])
         net.large.load_state_dict(_vanilla_weights(large_checkpoint, task, "large", sizes["large"]))
-        if profile["train"]["boosted_init"] == "small":
+        if warm_start:
             net.small.load_state_dict(_vanilla_weights(small_checkpoint, task, "small", sizes["small"]))
             for merge in net.merges:
                 merge.zero_residual()
@@ -90,7 +90,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
         "data": {split: file_digest(data_dir / split / "manifest.csv") for split in ("train", "val")},
         "train_mixtures": len(train_set), "val_mixtures": len(val_set),
         "large_checkpoint": file_digest(large_checkpoint) if boosted else None,
-        "small_checkpoint": file_digest(small_checkpoint) if boosted and small_checkpoint else None,
+        "small_checkpoint": file_digest(small_checkpoint) if warm_start else None,
         "init": limits["boosted_init"] if boosted else "scratch",
     }
     out = Path(out_dir)

@@ -76,21 +76,16 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _temporary_prefixes(target: Path) -> tuple[str, ...]:
-    """Name prefixes of what ``atomic_file`` (``.<stem>.tmp-*<suffix>``) and ``atomic_dir``
-    (``.<name>.tmp-*``, ``.<name>.old-*``) create next to ``target``."""
-    return (f".{target.stem}.tmp-", f".{target.name}.tmp-", f".{target.name}.old-")
-
-
 def remove_stale_temporaries(target: str | os.PathLike) -> None:
-    """Delete what a killed write of ``target`` left next to it (see ``_temporary_prefixes``)."""
+    """Delete what a killed write of ``target`` left next to it: ``atomic_file``'s
+    ``.<stem>.tmp-*<suffix>``, ``atomic_dir``'s ``.<name>.tmp-*`` and ``.<name>.old-*``."""
     target = Path(target)
     if not target.parent.is_dir():
         return
-    prefixes = _temporary_prefixes(target)
     for child in target.parent.iterdir():
         name = child.name
-        if name.startswith(prefixes[1:]) or (name.startswith(prefixes[0]) and name.endswith(target.suffix)):
+        if (name.startswith((f".{target.name}.tmp-", f".{target.name}.old-"))
+                or (name.startswith(f".{target.stem}.tmp-") and name.endswith(target.suffix))):
             _remove(child)
 
 

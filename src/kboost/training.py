@@ -32,11 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .errors import KboostError
+from .dataset import collate
 from .distributed import all_sum, barrier, runtime
+from .errors import KboostError
 from .models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
-from .dataset import collate
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
 from .runs import best_epoch
 

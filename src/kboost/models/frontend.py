@@ -22,6 +22,12 @@ N_FFT = HOP + LOOKAHEAD  # 192-sample window
 N_FREQS = N_FFT // 2 + 1  # 97
 
 
+def stream_length(samples: int) -> int:
+    """Samples a stream of a clip of ``samples`` runs: whole chunks plus one (silent) chunk, so
+    the clip's last 64 samples come out of the lookahead."""
+    return (-(-samples // HOP) + 1) * HOP
+
+
 def pad_clip(audio: torch.Tensor) -> torch.Tensor:
     """A whole clip [..., N] followed by one silent chunk: the frame that makes its last 64
     output samples final (the models are causal, so nothing before it changes)."""
