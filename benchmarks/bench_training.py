@@ -2,11 +2,18 @@
 
     python benchmarks/bench_training.py                       # demo sizes, 0.5 s crops, batch 2 and 8
     python benchmarks/bench_training.py --scale paper --batches 8 --seconds 4 --steps 1
+    python benchmarks/bench_training.py --scale paper --batches 8 --seconds 4 --steps 3 \
+        --models small,medium --authors-repo ~/src/knowledge-boosting   # beside the authors' code
 
 For each model: clips per second of a full training step (PIT SI-SDR loss for SS, backward,
 gradient clipping, Adam), 2 threads, and the share of the step spent in LSTMs (forward and
 backward, from torch.profiler: torch's mkldnn RNN ops, or the FastLSTM autograd function), for
 both LSTM paths, interleaved step by step so that a busy machine slows both alike.
+
+--authors-repo DIR (a checkout of github.com/vysri/knowledge-boosting) adds, for SS small and
+medium, the authors' own model (their Net, stock nn.LSTM) trained the same way, interleaved
+with ours; espnet2 is not needed: when it is absent, the two names their files import from it
+(AbsSeparator, get_layer) are provided here.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import torch
 import yaml
 
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, GridNetSize, TFGridNet
+from kboost.memory import retain_freed_memory
 from kboost.models.fast_lstm import set_enabled
 from kboost.objectives import negative_si_sdr
 
@@ -39,6 +47,39 @@ def _model(task: str, sizes: dict, name: str) -> torch.nn.Module:
     return TFGridNet(task, sizes[name])
 
 
+def _authors_model(repo: Path, size: GridNetSize) -> torch.nn.Module:
+    """The authors' SS baseline of this size (their code, imported from a checkout)."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        importlib.import_module("espnet2")
+    except ImportError:  # only these two names are used by the baselines' files
+        separator = types.ModuleType("espnet2.enh.separator.abs_separator")
+        separator.AbsSeparator = torch.nn.Module
+        layers = types.ModuleType("espnet2.torch_utils.get_layer_from_string")
+        layers.get_layer = lambda name: {"prelu": torch.nn.PReLU, "relu": torch.nn.ReLU}[name.lower()]
+        for name in ("espnet2", "espnet2.enh", "espnet2.enh.separator", "espnet2.torch_utils"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules[separator.__name__], sys.modules[layers.__name__] = separator, layers
+    sys.path.insert(0, str(repo))
+    net = importlib.import_module("src.models.tfgridnet_ssep_causal_torch_stft_layernorm.net")
+    torch.manual_seed(0)
+    model = net.Net(stft_chunk_size=HOP, stft_pad_size=HOP // 2, num_ch=2, D=size.emb_dim, B=size.blocks,
+                    I=1, J=1, H=size.hidden, use_attn=False, lookahead=True, generate_embeddings=True)
+
+    class Sources(torch.nn.Module):  # [B, 2, N] -> [B, 2 speakers, 2 ears, N], as ours
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, audio, embedding=None):
+            out = self.net({"mixture": audio})
+            return torch.stack([out["output1"], out["output2"]], dim=1)
+    return Sources()
+
+
 def _lstm_seconds(prof) -> float:
     total = 0.0
     for event in prof.key_averages():
@@ -48,8 +89,9 @@ def _lstm_seconds(prof) -> float:
     return total / 1e6
 
 
-def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: int) -> dict:
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+def _step_function(task: str, model: torch.nn.Module, batch: int, samples: int):
+    """One training step of `model` on fixed random clips (as training.py does it)."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     audio = 0.1 * torch.randn(batch, 2, samples)
     targets = 0.1 * torch.randn(batch, 2 if task == "ss" else 1, 2, samples)
     embedding = torch.randn(batch, 256) if task == "tse" else None
@@ -60,6 +102,27 @@ def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
+    return step
+
+
+def measure_beside_authors(model: torch.nn.Module, authors: torch.nn.Module, batch: int, samples: int,
+                           steps: int) -> tuple[float, float]:
+    """Median seconds per SS training step: ours (fast LSTMs) and the authors', interleaved."""
+    ours, theirs = _step_function("ss", model, batch, samples), _step_function("ss", authors, batch, samples)
+    set_enabled(True)
+    ours(), theirs()  # warm-up
+    times = ([], [])
+    for _ in range(steps):
+        for fn, out in ((ours, times[0]), (theirs, times[1])):
+            started = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - started)
+    set_enabled(None)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: int) -> dict:
+    step = _step_function(task, model, batch, samples)
 
     times = {"torch": [], "fast": []}
     share = {}
@@ -92,8 +155,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5, help="clip length (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (training and evaluation call kboost.memory.retain_freed_memory)")
+    parser.add_argument("--authors-repo", type=Path, help="checkout of the authors' code: compare SS small/medium")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        retain_freed_memory()  # as training does (the authors' model, in this process, gets it too)
     sizes = _sizes(args.scale)
     samples = max(1, round(args.seconds * 16000 / HOP)) * HOP
     print(f"{args.task}, {args.scale} sizes, {args.seconds:g} s clips, {args.threads} threads, median of {args.steps}")
@@ -104,6 +172,14 @@ def main() -> None:
             (t, t_share), (f, f_share) = result["torch"], result["fast"]
             print(f"{name:8} {batch:5} | {t:8.3f} {batch / t:8.1f} {100 * t_share:4.0f}% | "
                   f"{f:7.3f} {batch / f:8.1f} {100 * f_share:4.0f}% | {t / f:5.2f}x", flush=True)
+    if args.authors_repo:
+        print("beside the authors' code (SS): model batch | ours s/step | authors' s/step | ours ahead by")
+        for name in [n for n in args.models.split(",") if n in ("small", "medium")]:
+            for batch in (int(b) for b in args.batches.split(",")):
+                ours, theirs = measure_beside_authors(_model("ss", sizes, name),
+                                                      _authors_model(args.authors_repo, sizes[name]),
+                                                      batch, samples, args.steps)
+                print(f"{name:8} {batch:5} | {ours:8.3f} | {theirs:8.3f} | {theirs / ours:5.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,37 @@ def test_gradients_reach_the_large_model():
     pair(torch.randn(2, 2, 8 * HOP)).pow(2).mean().backward()
     assert pair.large.input_conv.conv.weight.grad.abs().sum() > 0
     assert pair.compression.conv.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_recompute_and_head_prelu_give_the_same_gradients(monkeypatch, heads):
+    """Training recomputes the attention projections above layers.RECOMPUTE_ABOVE input elements
+    (or on CUDA) and stores them below: both give the same output and gradients."""
+    from kboost.models import layers
+
+    torch.manual_seed(0)
+    attention = layers.LocalAttention(16, heads, 4, 9, window=5, per_head=heads > 1, start="zeros")
+    for prelu in (attention.query_act, attention.key_act, attention.value_act):
+        prelu.weight.data.uniform_(0.1, 0.4)  # distinct slopes per head
+    x = torch.randn(2, 12, 9, 16, requires_grad=True)
+    calls = []
+    real = layers.checkpoint
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(threshold):
+        monkeypatch.setattr(layers, "RECOMPUTE_ABOVE", threshold)
+        attention.zero_grad()
+        x.grad = None
+        y, _ = attention(x, x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return [y.detach(), x.grad.clone()] + [p.grad.clone() for p in attention.parameters()]
+
+    stored = run(10**12)
+    assert not calls
+    recomputed = run(0)
+    assert len(calls) == 4  # query, key, value and output projections
+    for a, b in zip(stored, recomputed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # per-head PReLU as torch.where(x >= 0, x, slope * x) on [B, T, heads, F, d]
+    prelu, z = attention.query_act, torch.randn(2, 3, heads, 9, 4)
+    torch.testing.assert_close(prelu(z), torch.where(z >= 0, z, prelu.weight * z))

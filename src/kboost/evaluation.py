@@ -24,6 +24,7 @@ from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
 from .models.frontend import stream_length
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.fast_lstm import set_enabled as use_fast_lstm
+from .memory import retain_freed_memory
 from .parallel import limit_threads, map_ordered
 from .params import active_profile, load_params
 from .runs import MIXTURES_DIR, best_epoch, eval_paths
@@ -174,6 +175,7 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
     use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
     prof = active_profile(params)["eval"]
     torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
+    retain_freed_memory()
     test_set = MixtureDataset(MIXTURES_DIR / task, "test", limit=prof["test_mixtures"])
     rows_path, summary_path = eval_paths(task, name)
     for path in (rows_path, summary_path):  # what a killed write of an earlier run left behind

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from .dataset import collate
 from .distributed import all_sum, barrier, runtime
 from .errors import KboostError
+from .memory import retain_freed_memory
 from .models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
@@ -159,8 +160,10 @@ class Trainer:
         if settings.batch_size % self.rt.world:
             raise TrainingError(f"batch_size {settings.batch_size} is not divisible by the "
                                 f"{self.rt.world} processes of this torchrun")
-        if settings.threads and self.rt.device.type == "cpu":
-            torch.set_num_threads(settings.threads)
+        if self.rt.device.type == "cpu":
+            retain_freed_memory()  # the same large tensors every step: no page faults each time
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
         self.model = model.to(self.rt.device)
         self.meta = dict(meta, processes=self.rt.world)  # DDP splits batches: other numerics
         # Everything but the epoch count: raising `epochs` continues a finished run, which gives
@@ -168,7 +171,9 @@ class Trainer:
         described = {k: v for k, v in asdict(settings).items() if k not in ("epochs", "loader_workers")}
         self.meta["fingerprint"] = fingerprint({"meta": meta, "settings": described, "code": code_digest()})
         self.steps_taken = 0
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        # fused: one kernel for all parameters instead of ~10 small ops each (the small model's
+        # optimiser step takes half the time on the CPU; same update up to float32 rounding)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=settings.lr, fused=True)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimiser, mode="max", factor=settings.lr_factor, patience=settings.lr_patience,
             min_lr=settings.min_lr)
