@@ -105,45 +105,50 @@ def _step_function(task: str, model: torch.nn.Module, batch: int, samples: int):
     return step
 
 
+def _interleaved_medians(steps_by_name: dict, steps: int) -> dict[str, float]:
+    """Median seconds of each zero-argument step function, after one warm-up call each (one-off
+    allocations, numba's cache), the functions taking turns so that a busy machine slows all alike."""
+    times = {name: [] for name in steps_by_name}
+    for fn in steps_by_name.values():
+        fn()
+    for _ in range(steps):
+        for name, fn in steps_by_name.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _on_path(step, fast: bool):
+    """`step` with the LSTM path switched first (the switch is process-wide)."""
+    def run():
+        set_enabled(fast)
+        step()
+    return run
+
+
 def measure_beside_authors(model: torch.nn.Module, authors: torch.nn.Module, batch: int, samples: int,
                            steps: int) -> tuple[float, float]:
     """Median seconds per SS training step: ours (fast LSTMs) and the authors', interleaved."""
-    ours, theirs = _step_function("ss", model, batch, samples), _step_function("ss", authors, batch, samples)
-    set_enabled(True)
-    ours(), theirs()  # warm-up
-    times = ([], [])
-    for _ in range(steps):
-        for fn, out in ((ours, times[0]), (theirs, times[1])):
-            started = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - started)
+    medians = _interleaved_medians({"ours": _on_path(_step_function("ss", model, batch, samples), True),
+                                    "authors": _step_function("ss", authors, batch, samples)}, steps)
     set_enabled(None)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return medians["ours"], medians["authors"]
 
 
 def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: int) -> dict:
     step = _step_function(task, model, batch, samples)
-
-    times = {"torch": [], "fast": []}
+    paths = {path: _on_path(step, path == "fast") for path in ("torch", "fast")}
+    medians = _interleaved_medians(paths, steps)
     share = {}
-    for path in ("torch", "fast"):  # warm-up: one-off allocations, numba's cache
-        set_enabled(path == "fast")
-        step()
-    for _ in range(steps):
-        for path in ("torch", "fast"):
-            set_enabled(path == "fast")
-            started = time.perf_counter()
-            step()
-            times[path].append(time.perf_counter() - started)
-    for path in ("torch", "fast"):
-        set_enabled(path == "fast")
+    for path, run in paths.items():
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             started = time.perf_counter()
-            step()
+            run()
             wall = time.perf_counter() - started
         share[path] = _lstm_seconds(prof) / wall
     set_enabled(None)
-    return {path: (statistics.median(times[path]), share[path]) for path in times}
+    return {path: (medians[path], share[path]) for path in paths}
 
 
 def main() -> None:

@@ -86,10 +86,9 @@ class HeadPReLU(nn.Module):
         self.weight = nn.Parameter(torch.full((heads, 1, 1), 0.25))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.shape[0] == 1:
-            return F.prelu(x, self.weight.view(1))
-        # F.prelu wants the channels at dim 1: a view with heads there, one fused kernel each way
-        # (torch.where + mul + sum took a quarter of a large model's CPU training step)
+        # F.prelu wants the channels at dim 1: a view with the heads there (a single slope
+        # ignores the layout), one fused kernel each way (torch.where + mul + sum took a quarter
+        # of a large model's CPU training step)
         return F.prelu(x.transpose(1, -3), self.weight.view(-1)).transpose(1, -3)
 
 
