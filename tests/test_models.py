@@ -212,6 +212,7 @@ def test_attention_recompute_and_head_prelu_give_the_same_gradients(monkeypatch,
     assert len(calls) == 4  # query, key, value and output projections
     for a, b in zip(stored, recomputed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # per-head PReLU as torch.where(x >= 0, x, slope * x) on [B, T, heads, F, d]
-    prelu, z = attention.query_act, torch.randn(2, 3, heads, 9, 4)
-    torch.testing.assert_close(prelu(z), torch.where(z >= 0, z, prelu.weight * z))
+    # per-head PReLU as torch.where(x >= 0, x, slope * x) on [B, T, F, heads * d], head-major
+    prelu, z = attention.query_act, torch.randn(2, 3, 9, heads, 4)
+    expected = torch.where(z >= 0, z, prelu.weight.view(heads, 1) * z).flatten(-2)
+    torch.testing.assert_close(prelu(z.flatten(-2)), expected, rtol=0, atol=0)

@@ -79,17 +79,21 @@ class StreamingLSTM(FastLSTM):
 
 
 class HeadPReLU(nn.Module):
-    """PReLU on ``[..., heads, F, dim]`` with one slope per head (``heads=1``: one shared slope)."""
+    """PReLU on ``[..., heads * dim]`` (each head's channels side by side in the last dim, as a
+    projection writes them) with one slope per head (``heads=1``: one shared slope)."""
 
     def __init__(self, heads: int = 1):
         super().__init__()
         self.weight = nn.Parameter(torch.full((heads, 1, 1), 0.25))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.prelu wants the channels at dim 1: a view with the heads there (a single slope
-        # ignores the layout), one fused kernel each way (torch.where + mul + sum took a quarter
-        # of a large model's CPU training step)
-        return F.prelu(x.transpose(1, -3), self.weight.view(-1)).transpose(1, -3)
+        heads = self.weight.shape[0]
+        slope = self.weight.view(heads, 1).expand(heads, x.shape[-1] // heads).reshape(-1)
+        # x where x > 0, else slope * x, as relu(x) + slope * (x - relu(x)): plain elementwise
+        # ops along the last dim, 2x (one slope) to 6x (per head) faster forward and backward on
+        # the CPU than F.prelu, whose kernel took a fifth of a large model's training step
+        positive = F.relu(x)
+        return positive + slope * (x - positive)
 
 
 class HeadNorm(nn.Module):
@@ -156,8 +160,8 @@ class LocalAttention(nn.Module):
 
     def _heads(self, x, linear, act, norm, dim):
         b, t, f, _ = x.shape
-        y = linear(x).view(b, t, f, self.heads, dim).transpose(2, 3)  # [B, T, H, F, d]
-        y = norm(act(y))
+        y = act(linear(x)).view(b, t, f, self.heads, dim).transpose(2, 3)  # [B, T, H, F, d]
+        y = norm(y)
         return y.transpose(1, 2).reshape(b, self.heads, t, f * dim)  # [B, H, T, F*d]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, cache=None):
