@@ -8,7 +8,10 @@
 For each model: clips per second of a full training step (PIT SI-SDR loss for SS, backward,
 gradient clipping, Adam), 2 threads, and the share of the step spent in LSTMs (forward and
 backward, from torch.profiler: torch's mkldnn RNN ops, or the FastLSTM autograd function), for
-both LSTM paths, interleaved step by step so that a busy machine slows both alike.
+both LSTM paths, interleaved step by step so that a busy machine slows both alike. The last
+columns bound what faster LSTM kernels could still give: the LSTMs' weight MACs (forward and
+backward) at this machine's matrix-product rate, the rest of the fast step as measured, and
+the torch path's step over their sum.
 
 --authors-repo DIR (a checkout of github.com/vysri/knowledge-boosting) adds, for SS small and
 medium, the authors' own model (their Net, stock nn.LSTM) trained the same way, interleaved
@@ -136,6 +139,44 @@ def measure_beside_authors(model: torch.nn.Module, authors: torch.nn.Module, bat
     return medians["ours"], medians["authors"]
 
 
+def sgemm_macs_per_second() -> float:
+    """The machine's float32 matrix-product rate (2048^3 torch.mm, best of 10): the ceiling the
+    LSTM kernels are held against."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = float("inf")
+    for _ in range(10):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2048 ** 3 / best
+
+
+def lstm_weight_macs(task: str, model: torch.nn.Module, batch: int, samples: int) -> int:
+    """Weight multiply-accumulates of the LSTMs in one training step: 4H(D + H) per step,
+    direction and sequence in the forward, twice that in the backward (dh/dx and the weight
+    gradients), gate nonlinearities and block padding not counted (a lower bound)."""
+    from kboost.models import fast_lstm
+    total = 0
+    original = fast_lstm.FastLSTMFunction.apply
+
+    def counting(x, h0, c0, reverse, save, *weights):
+        nonlocal total
+        n, steps, n_in = x.shape
+        hidden = weights[1].shape[1]
+        total += len(weights) // 4 * n * steps * 4 * hidden * (n_in + hidden)
+        return original(x, h0, c0, reverse, save, *weights)
+    fast_lstm.FastLSTMFunction.apply = counting
+    set_enabled(True)
+    try:
+        with torch.no_grad():
+            model(0.1 * torch.randn(batch, 2, samples), torch.randn(batch, 256) if task == "tse" else None)
+    finally:
+        fast_lstm.FastLSTMFunction.apply = original
+        set_enabled(None)
+    return 3 * total
+
+
 def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: int) -> dict:
     step = _step_function(task, model, batch, samples)
     paths = {path: _on_path(step, path == "fast") for path in ("torch", "fast")}
@@ -170,13 +211,22 @@ def main() -> None:
     sizes = _sizes(args.scale)
     samples = max(1, round(args.seconds * 16000 / HOP)) * HOP
     print(f"{args.task}, {args.scale} sizes, {args.seconds:g} s clips, {args.threads} threads, median of {args.steps}")
-    print("model    batch | torch: s/step clips/s LSTM% | fast: s/step clips/s LSTM% | speed-up")
+    peak = sgemm_macs_per_second()
+    print(f"matrix-product rate of this machine: {peak / 1e9:.1f} GMAC/s (float32 torch.mm 2048^3)")
+    print("model    batch | torch: s/step clips/s LSTM% | fast: s/step clips/s LSTM% | speed-up "
+          "| LSTM floor s, rest s, best possible speed-up")
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            result = measure(args.task, _model(args.task, sizes, name), batch, samples, args.steps)
+            model = _model(args.task, sizes, name)
+            result = measure(args.task, model, batch, samples, args.steps)
             (t, t_share), (f, f_share) = result["torch"], result["fast"]
+            # the LSTM weight MACs at the matrix-product rate plus the rest of the step as it
+            # is now: what even a perfect LSTM kernel could not go below
+            floor = lstm_weight_macs(args.task, model, batch, samples) / peak
+            rest = f * (1 - f_share)
             print(f"{name:8} {batch:5} | {t:8.3f} {batch / t:8.1f} {100 * t_share:4.0f}% | "
-                  f"{f:7.3f} {batch / f:8.1f} {100 * f_share:4.0f}% | {t / f:5.2f}x", flush=True)
+                  f"{f:7.3f} {batch / f:8.1f} {100 * f_share:4.0f}% | {t / f:5.2f}x | "
+                  f"{floor:6.3f} {rest:6.3f} {t / (floor + rest):5.2f}x", flush=True)
     if args.authors_repo:
         print("beside the authors' code (SS): model batch | ours s/step | authors' s/step | ours ahead by")
         for name in [n for n in args.models.split(",") if n in ("small", "medium")]:
