@@ -171,6 +171,27 @@ def test_non_contiguous_input_and_threads():
         torch.set_num_threads(threads)
 
 
+def test_weight_gradients_are_the_same_bits_whatever_the_threads():
+    """The backward's weight-gradient sums go by fixed ranges of blocks, added in order: one
+    thread and two give the same bits, run after run (per-thread sums would not)."""
+    _, fast = pair(16, 16, True)
+    x = torch.randn(20 * 16 + 5, 30, 16)  # 21 blocks: ranges of 2 and 3
+    d_y = torch.randn(x.shape[0], 30, 32)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n_threads in (1, 2, 2, 2):
+            torch.set_num_threads(n_threads)
+            fast.zero_grad()
+            y, _ = fast(x.clone().requires_grad_())
+            y.backward(d_y)
+            grads.append([p.grad.clone() for p in fast.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
 def test_switch_and_environment_fall_back_to_torch(monkeypatch):
     spy = _Spy(monkeypatch)
     ref, fast = pair(8, 8, True)

@@ -16,9 +16,11 @@ two numba kernels:
   ``[W_hh | W_ih]^T`` gives both dh_{t-1} and dx_t, and the weight gradients
   ``sum_t dG_t [1; h_{t-1}; x_t]^T`` (bias, W_hh, W_ih at once) are accumulated in registers
   over groups of steps (4 x 4 tiles of lane-wise sums), so dG is never written out.
-* threads: the work items (a direction of a block forward, a block backward) are independent;
-  ``torch.get_num_threads()`` threads take them one at a time from an atomic counter. The
-  threads are PyTorch's own OpenMP team (see :func:`_run`).
+* threads: the work items (a direction of a block forward, a fixed range of blocks backward)
+  are independent; ``torch.get_num_threads()`` threads take them one at a time from an atomic
+  counter. The threads are PyTorch's own OpenMP team (see :func:`_run`). Each backward range
+  sums its own weight gradients and the ranges are added in order, so the gradients are the
+  same bits whichever thread took which range and however many threads there are.
 
 The kernels use explicit vector operations (``_vload``, ``_vfma``, ...: small numba intrinsics
 emitting LLVM ``<16 x float>`` code) because LLVM's auto-vectorisers, left to themselves,
@@ -500,6 +502,7 @@ def _matvec(a, base, ldc, v, vbase, vstride, out, rows, cols):
 # with its index ``share``; the threads take the work items 0 .. items - 1 one at a time from
 # ``counter`` (see _run).
 GROUP = 16  # backward steps per update of the weight-gradient accumulators
+GRADIENT_RANGES = 8  # backward work items: fixed ranges of blocks, each summing its own weight gradients
 
 
 @_inline
@@ -593,12 +596,12 @@ def _accumulate(acc, base, g, z, count, rows, cols):
 
 @_kernel
 def _backward_kernel(x, out, h0, acts, cells, c0, w, rev, d_out, dh, dc, dx, acc, share, counter, items):
-    """Reverse-time recurrence, one work item per block k (both directions, one after the
-    other, so that they can add their shares to dx without a race). x, out: the forward's
-    input and output; h0, c0 [dirs, K, H, BLOCK]: initial state; acts, cells: saved by the
+    """Reverse-time recurrence; work item r is a fixed range of blocks k (both directions of a
+    block one after the other, so that they add their shares to dx without a race). x, out:
+    the forward's input and output; h0, c0 [dirs, K, H, BLOCK]: initial state; acts, cells: saved by the
     forward; d_out: gradient of the output; dh, dc: gradient of the final state in, of the
-    initial state out (in place); dx: zeros in, the input gradient out; acc [threads, dirs, H,
-    R / 4, 16]: this thread's sums of dG_t [1; h_{t-1}; x_t; 0...]^T in 4 x 4 tiles (R = 1 + H
+    initial state out (in place); dx: zeros in, the input gradient out; acc [items, dirs, H,
+    R / 4, 16]: acc[r] the sums (over item r's blocks) of dG_t [1; h_{t-1}; x_t; 0...]^T in 4 x 4 tiles (R = 1 + H
     + D rounded up to a multiple of 4), i.e. of the gradients of [b | W_hh | W_ih] (added to)."""
     n_seq, steps, n_in = x.shape
     n_out = out.shape[2]
@@ -609,77 +612,78 @@ def _backward_kernel(x, out, h0, acts, cells, c0, w, rev, d_out, dh, dc, dx, acc
     h_pad = (hidden + BLOCK - 1) // BLOCK * BLOCK
     x_pad = (n_in + BLOCK - 1) // BLOCK * BLOCK
     zs = GROUP * BLOCK  # the rings' channel stride
-    k = _next_item(counter)
-    while k < items:
-        valid = min(BLOCK, n_seq - k * BLOCK)
-        for d in range(dirs):
-            item = d * blocks + k
-            wbase = d * four_h * width
-            sbase = item * hidden * BLOCK
-            abase = (share * dirs + d) * four_h * cols
-            dxh = np.zeros((hidden + x_pad) * BLOCK, dtype=np.float32)  # [dh_{t-1}; dx_t] as vectors
-            dcl = np.empty(hidden * BLOCK, dtype=np.float32)
-            dy = np.zeros(h_pad * BLOCK, dtype=np.float32)  # this step's output gradient
-            # dG_t and [1; h_{t-1}; x_t] of the last GROUP steps, as [channel, step, lane]
-            ring_g = np.empty(four_h * zs, dtype=np.float32)
-            ring_z = np.zeros((1 + h_pad + x_pad + 3) * zs, dtype=np.float32)  # (>= cols rows)
-            _copy_vectors(dh, sbase, dxh, 0, hidden)
-            _copy_vectors(dc, sbase, dcl, 0, hidden)
-            ones = _vsplat(np.float32(1.0))
-            for slot in range(GROUP):
-                _vstore(ring_z, slot * BLOCK, ones)
-            filled = 0
-            for s in range(steps):
-                # the forward's steps, last first
-                t = s if rev[d] else steps - 1 - s
-                first_step = s == steps - 1  # t was the forward's first step: the state before is h0, c0
-                tp = t + 1 if rev[d] else t - 1
-                row = k * BLOCK * steps + t
-                step = (item * steps + t) * BLOCK
-                prev = (item * steps + tp) * BLOCK
-                slot = filled * BLOCK
-                if first_step:
-                    for i in range(hidden):
-                        _vstore(ring_z, (1 + i) * zs + slot, _vload(h0, sbase + i * BLOCK))
-                else:
+    r = _next_item(counter)
+    while r < items:
+        for k in range(r * blocks // items, (r + 1) * blocks // items):
+            valid = min(BLOCK, n_seq - k * BLOCK)
+            for d in range(dirs):
+                item = d * blocks + k
+                wbase = d * four_h * width
+                sbase = item * hidden * BLOCK
+                abase = (r * dirs + d) * four_h * cols
+                dxh = np.zeros((hidden + x_pad) * BLOCK, dtype=np.float32)  # [dh_{t-1}; dx_t] as vectors
+                dcl = np.empty(hidden * BLOCK, dtype=np.float32)
+                dy = np.zeros(h_pad * BLOCK, dtype=np.float32)  # this step's output gradient
+                # dG_t and [1; h_{t-1}; x_t] of the last GROUP steps, as [channel, step, lane]
+                ring_g = np.empty(four_h * zs, dtype=np.float32)
+                ring_z = np.zeros((1 + h_pad + x_pad + 3) * zs, dtype=np.float32)  # (>= cols rows)
+                _copy_vectors(dh, sbase, dxh, 0, hidden)
+                _copy_vectors(dc, sbase, dcl, 0, hidden)
+                ones = _vsplat(np.float32(1.0))
+                for slot in range(GROUP):
+                    _vstore(ring_z, slot * BLOCK, ones)
+                filled = 0
+                for s in range(steps):
+                    # the forward's steps, last first
+                    t = s if rev[d] else steps - 1 - s
+                    first_step = s == steps - 1  # t was the forward's first step: the state before is h0, c0
+                    tp = t + 1 if rev[d] else t - 1
+                    row = k * BLOCK * steps + t
+                    step = (item * steps + t) * BLOCK
+                    prev = (item * steps + tp) * BLOCK
+                    slot = filled * BLOCK
+                    if first_step:
+                        for i in range(hidden):
+                            _vstore(ring_z, (1 + i) * zs + slot, _vload(h0, sbase + i * BLOCK))
+                    else:
+                        for ch in range(0, hidden, BLOCK):
+                            _load_transposed(out, (row + tp - t) * n_out + d * hidden + ch, steps * n_out, valid,
+                                             min(BLOCK, hidden - ch), ring_z, (1 + ch) * zs + slot, zs)
+                    for ch in range(0, n_in, BLOCK):  # (after h: a partial tile of h spills zeros over x)
+                        _load_transposed(x, row * n_in + ch, steps * n_in, valid, min(BLOCK, n_in - ch),
+                                         ring_z, (1 + hidden + ch) * zs + slot, zs)
                     for ch in range(0, hidden, BLOCK):
-                        _load_transposed(out, (row + tp - t) * n_out + d * hidden + ch, steps * n_out, valid,
-                                         min(BLOCK, hidden - ch), ring_z, (1 + ch) * zs + slot, zs)
-                for ch in range(0, n_in, BLOCK):  # (after h: a partial tile of h spills zeros over x)
-                    _load_transposed(x, row * n_in + ch, steps * n_in, valid, min(BLOCK, n_in - ch),
-                                     ring_z, (1 + hidden + ch) * zs + slot, zs)
-                for ch in range(0, hidden, BLOCK):
-                    _load_transposed(d_out, row * n_out + d * hidden + ch, steps * n_out, valid,
-                                     min(BLOCK, hidden - ch), dy, ch * BLOCK, BLOCK)
-                one = _vsplat(np.float32(1.0))
-                for i in range(hidden):
-                    a = step * four_h + i * BLOCK
-                    ig = _vload(acts, a)
-                    fg = _vload(acts, a + hidden * BLOCK)
-                    gg = _vload(acts, a + 2 * hidden * BLOCK)
-                    og = _vload(acts, a + 3 * hidden * BLOCK)
-                    th = _vtanh(_vload(cells, step * hidden + i * BLOCK))
-                    c_prev = _vload(c0, sbase + i * BLOCK) if first_step else _vload(cells, prev * hidden + i * BLOCK)
-                    dhh = _vadd(_vload(dy, i * BLOCK), _vload(dxh, i * BLOCK))
-                    dcc = _vfma(_vmul(dhh, og), _vsub(one, _vmul(th, th)), _vload(dcl, i * BLOCK))
-                    g = i * zs + slot
-                    _vstore(ring_g, g, _vmul(_vmul(dcc, gg), _vmul(ig, _vsub(one, ig))))
-                    _vstore(ring_g, g + hidden * zs, _vmul(_vmul(dcc, c_prev), _vmul(fg, _vsub(one, fg))))
-                    _vstore(ring_g, g + 2 * hidden * zs, _vmul(_vmul(dcc, ig), _vsub(one, _vmul(gg, gg))))
-                    _vstore(ring_g, g + 3 * hidden * zs, _vmul(_vmul(dhh, th), _vmul(og, _vsub(one, og))))
-                    _vstore(dcl, i * BLOCK, _vmul(dcc, fg))
-                # [dh_{t-1}; dx_t] = [W_hh | W_ih]^T dG_t
-                _matvec(w, wbase, width, ring_g, slot, zs, dxh, width, four_h)
-                for ch in range(0, n_in, BLOCK):
-                    _add_transposed(dxh, (hidden + ch) * BLOCK, dx, row * n_in + ch, steps * n_in, valid,
-                                    min(BLOCK, n_in - ch))
-                filled += 1
-                if filled == GROUP or s == steps - 1:
-                    _accumulate(acc, abase, ring_g, ring_z, filled, four_h, cols)
-                    filled = 0
-            _copy_vectors(dxh, 0, dh, sbase, hidden)
-            _copy_vectors(dcl, 0, dc, sbase, hidden)
-        k = _next_item(counter)
+                        _load_transposed(d_out, row * n_out + d * hidden + ch, steps * n_out, valid,
+                                         min(BLOCK, hidden - ch), dy, ch * BLOCK, BLOCK)
+                    one = _vsplat(np.float32(1.0))
+                    for i in range(hidden):
+                        a = step * four_h + i * BLOCK
+                        ig = _vload(acts, a)
+                        fg = _vload(acts, a + hidden * BLOCK)
+                        gg = _vload(acts, a + 2 * hidden * BLOCK)
+                        og = _vload(acts, a + 3 * hidden * BLOCK)
+                        th = _vtanh(_vload(cells, step * hidden + i * BLOCK))
+                        c_prev = _vload(c0, sbase + i * BLOCK) if first_step else _vload(cells, prev * hidden + i * BLOCK)
+                        dhh = _vadd(_vload(dy, i * BLOCK), _vload(dxh, i * BLOCK))
+                        dcc = _vfma(_vmul(dhh, og), _vsub(one, _vmul(th, th)), _vload(dcl, i * BLOCK))
+                        g = i * zs + slot
+                        _vstore(ring_g, g, _vmul(_vmul(dcc, gg), _vmul(ig, _vsub(one, ig))))
+                        _vstore(ring_g, g + hidden * zs, _vmul(_vmul(dcc, c_prev), _vmul(fg, _vsub(one, fg))))
+                        _vstore(ring_g, g + 2 * hidden * zs, _vmul(_vmul(dcc, ig), _vsub(one, _vmul(gg, gg))))
+                        _vstore(ring_g, g + 3 * hidden * zs, _vmul(_vmul(dhh, th), _vmul(og, _vsub(one, og))))
+                        _vstore(dcl, i * BLOCK, _vmul(dcc, fg))
+                    # [dh_{t-1}; dx_t] = [W_hh | W_ih]^T dG_t
+                    _matvec(w, wbase, width, ring_g, slot, zs, dxh, width, four_h)
+                    for ch in range(0, n_in, BLOCK):
+                        _add_transposed(dxh, (hidden + ch) * BLOCK, dx, row * n_in + ch, steps * n_in, valid,
+                                        min(BLOCK, n_in - ch))
+                    filled += 1
+                    if filled == GROUP or s == steps - 1:
+                        _accumulate(acc, abase, ring_g, ring_z, filled, four_h, cols)
+                        filled = 0
+                _copy_vectors(dxh, 0, dh, sbase, hidden)
+                _copy_vectors(dcl, 0, dc, sbase, hidden)
+        r = _next_item(counter)
 
 
 # ------------------------------------------------------------------------ layout helpers
@@ -837,8 +841,11 @@ class FastLSTMFunction(torch.autograd.Function):
         dc = _state_to_blocks(d_cn, dirs, n, hidden, acts)
         dx = x.new_zeros(n, steps, n_in)
         cols = (n_in + hidden + 4) // 4 * 4
-        acc = acts.new_zeros(_shares(blocks), dirs, hidden, cols // 4, 16)
-        _run(_backward_kernel, blocks, _np(x), _np(out), _np(h_init), _np(acts), _np(cells), _np(c_init), _np(w),
+        # fixed block ranges, each with its own sums, added in order: the weight gradients do
+        # not depend on which thread took which range, nor on the number of threads
+        ranges = min(GRADIENT_RANGES, blocks)
+        acc = acts.new_zeros(ranges, dirs, hidden, cols // 4, 16)
+        _run(_backward_kernel, ranges, _np(x), _np(out), _np(h_init), _np(acts), _np(cells), _np(c_init), _np(w),
              ctx.rev, _np(d_y), _np(dh), _np(dc), _np(dx), _np(acc))
         needs = ctx.needs_input_grad
         # [dirs, 4H, cols]: the gradients of [b | W_hh | W_ih] (from the 4 x 4 tiles)
