@@ -9,8 +9,8 @@ For each model: clips per second of a full training step (PIT SI-SDR loss for SS
 gradient clipping, Adam), 2 threads, and the share of the step spent in LSTMs (forward and
 backward, from torch.profiler: torch's mkldnn RNN ops, or the FastLSTM autograd function), for
 both LSTM paths, interleaved step by step so that a busy machine slows both alike. The last
-columns bound what faster LSTM kernels could still give: the LSTMs' weight MACs (forward and
-backward) at this machine's matrix-product rate, the rest of the fast step as measured, and
+columns bound what faster LSTM kernels could still give: the LSTMs' MACs (forward and
+backward, kboost.complexity's count) at this machine's matrix-product rate, the rest of the fast step as measured, and
 the torch path's step over their sum.
 
 --authors-repo DIR (a checkout of github.com/vysri/knowledge-boosting) adds, for SS small and
@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, GridNetSize, TFGridNet
+from kboost.complexity import MacCounter
 from kboost.memory import retain_freed_memory
 from kboost.models.fast_lstm import set_enabled
 from kboost.objectives import negative_si_sdr
@@ -152,29 +153,14 @@ def sgemm_macs_per_second() -> float:
     return 2048 ** 3 / best
 
 
-def lstm_weight_macs(task: str, model: torch.nn.Module, batch: int, samples: int) -> int:
-    """Weight multiply-accumulates of the LSTMs in one training step: 4H(D + H) per step,
-    direction and sequence in the forward, twice that in the backward (dh/dx and the weight
-    gradients), gate nonlinearities and block padding not counted (a lower bound)."""
-    from kboost.models import fast_lstm
-    total = 0
-    original = fast_lstm.FastLSTMFunction.apply
-
-    def counting(x, h0, c0, reverse, save, *weights):
-        nonlocal total
-        n, steps, n_in = x.shape
-        hidden = weights[1].shape[1]
-        total += len(weights) // 4 * n * steps * 4 * hidden * (n_in + hidden)
-        return original(x, h0, c0, reverse, save, *weights)
-    fast_lstm.FastLSTMFunction.apply = counting
-    set_enabled(True)
-    try:
-        with torch.no_grad():
-            model(0.1 * torch.randn(batch, 2, samples), torch.randn(batch, 256) if task == "tse" else None)
-    finally:
-        fast_lstm.FastLSTMFunction.apply = original
-        set_enabled(None)
-    return 3 * total
+def lstm_macs(task: str, model: torch.nn.Module, batch: int, samples: int) -> int:
+    """Multiply-accumulates of the LSTMs in one training step: kboost.complexity's counter
+    (ptflops' rule: 4H(D + H) weight MACs + 18H per step and direction) on one forward of the
+    clips, x3 for forward and backward (the backward does the weight products twice: dh/dx and
+    the weight gradients); block padding not counted (a lower bound)."""
+    with MacCounter({"model": [model]}) as counter, torch.no_grad():
+        model(0.1 * torch.randn(batch, 2, samples), torch.randn(batch, 256) if task == "tse" else None)
+    return 3 * counter.breakdown()["model"].get("lstm", 0)
 
 
 def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: int) -> dict:
@@ -220,9 +206,9 @@ def main() -> None:
             model = _model(args.task, sizes, name)
             result = measure(args.task, model, batch, samples, args.steps)
             (t, t_share), (f, f_share) = result["torch"], result["fast"]
-            # the LSTM weight MACs at the matrix-product rate plus the rest of the step as it
+            # the LSTMs' MACs at the matrix-product rate plus the rest of the step as it
             # is now: what even a perfect LSTM kernel could not go below
-            floor = lstm_weight_macs(args.task, model, batch, samples) / peak
+            floor = lstm_macs(args.task, model, batch, samples) / peak
             rest = f * (1 - f_share)
             print(f"{name:8} {batch:5} | {t:8.3f} {batch / t:8.1f} {100 * t_share:4.0f}% | "
                   f"{f:7.3f} {batch / f:8.1f} {100 * f_share:4.0f}% | {t / f:5.2f}x | "
