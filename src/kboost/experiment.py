@@ -22,7 +22,7 @@ def train_settings(params: dict, model: str) -> TrainSettings:
     prof = params["profiles"][params["profile"]]["train"]
     return TrainSettings(
         epochs=int(prof["epochs"][model]),
-        batch_size=int(prof["batch_size"]), lr=float(opt["lr"]), lr_factor=float(opt["lr_factor"]),
+        batch_size=int(prof["batch_size"]), lr=float(prof["lr"]), lr_factor=float(opt["lr_factor"]),
         lr_patience=int(opt["lr_patience"]), min_lr=float(opt["min_lr"]), clip_norm=float(opt["clip_norm"]),
         crop_seconds=None if prof["crop_seconds"] is None else float(prof["crop_seconds"]),
         per_epoch=prof["train_mixtures"],

@@ -46,7 +46,7 @@ _PROFILE_SCHEMA = {
              "embedded": {"speakers": None, "utterances_per_speaker": None, "noise_clips": None, "rooms": None,
                           "directions_per_room": None, "anechoic_directions": None}},
     "train": {"epochs": {"small": None, "medium": None, "large": None, "boosted": None}, "boosted_init": None,
-              "batch_size": None, "crop_seconds": None,
+              "lr": None, "batch_size": None, "crop_seconds": None,
               "train_mixtures": None, "val_mixtures": None, "threads": None, "processes": None,
               "loader_workers": None},
     "eval": {"test_mixtures": None, "batch_size": None, "workers": None, "threads": None, "engine": None},
@@ -58,7 +58,7 @@ SCHEMA = {
              "ss": {"level_diff_db": None, "noise_snr_db": None, "min_separation_deg": None},
              "tse": {"sir_db": None, "noise_snr_db": None, "min_separation_deg": None}},
     "model": {"compression": None, "merge_start": None},
-    "train": {"lr": None, "lr_factor": None, "lr_patience": None, "min_lr": None, "clip_norm": None,
+    "train": {"lr_factor": None, "lr_patience": None, "min_lr": None, "clip_norm": None,
               "mixed_precision": None, "cpu_lstm": None},
     "ablation": {"compressions": None, "delays": None},
     "embedded": {
@@ -242,7 +242,7 @@ def validate(params: dict, source: str = "params.yaml") -> None:
 
 def _validate_train(check: _Checker, train: dict) -> None:
     p = "train."
-    for key in ("lr", "lr_factor", "min_lr", "clip_norm"):
+    for key in ("lr_factor", "min_lr", "clip_norm"):
         check.number(train, key, p, positive=True)
     if train["lr_factor"] >= 1:
         check.fail("train.lr_factor", f"must be below 1 (the learning rate is multiplied by it), got {train['lr_factor']}")
@@ -370,6 +370,7 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
             check.fail(f"{pt}epochs.medium", f"must be small + boosted = {epochs['small'] + epochs['boosted']} with "
                                              f"boosted_init: small (the boosted small model has seen both), "
                                              f"got {epochs['medium']}")
+    check.number(train, "lr", pt, positive=True)
     check.integer(train, "batch_size", pt, minimum=1)
     if check.value(train, "crop_seconds", pt) is not None:
         crop = check.number(train, "crop_seconds", pt, positive=True)
