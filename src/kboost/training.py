@@ -206,12 +206,6 @@ class Trainer:
         if payload["meta"].get("fingerprint") != self.meta["fingerprint"] or "training" not in payload:
             log.info("%s was written for other settings or data; training from scratch", path)
             return 0
-        if len(payload["meta"]["history"]) > self.settings.epochs:
-            # Fewer epochs than it ran: no checkpoint of the shorter run exists (its best.pt may
-            # come from a later epoch), so the run starts afresh rather than keep extra training.
-            log.info("%s ran %d epochs, more than the %d asked for; training from scratch",
-                     path, len(payload["meta"]["history"]), self.settings.epochs)
-            return 0
         self.model.load_state_dict(payload["state_dict"])
         state = payload["training"]
         self.optimiser.load_state_dict(state["optimiser"])
