@@ -26,6 +26,7 @@ from kboost.evaluation import confidence_interval
 from kboost.metrics import match_permutation, si_sdr
 from kboost.models.boosting import BoostedPair
 from kboost.models.checkpoint import load_checkpoint
+from kboost.models.frontend import HOP
 
 
 def _si_sdri(estimates: np.ndarray, references: np.ndarray, mixture: np.ndarray) -> float:
@@ -50,6 +51,8 @@ def main() -> None:
     data = MixtureDataset(args.mixtures or Path("data/mixtures") / info.task, args.split, limit=args.limit)
     batch = collate([data[i] for i in range(len(data))])
     mixture, embedding, targets = batch["mixture"], batch.get("embedding"), batch["targets"]
+    length = mixture.shape[-1]
+    padded = torch.nn.functional.pad(mixture, (0, -length % HOP))  # whole 8 ms chunks, as evaluation runs
 
     replace = {"mode": "own"}
 
@@ -66,7 +69,7 @@ def main() -> None:
     for mode in ("own", "zeros", "other"):
         replace["mode"] = mode
         with torch.inference_mode():
-            out = pair(mixture, embedding).numpy()
+            out = pair(padded, embedding)[..., :length].numpy()
         scores[mode] = pd.Series([_si_sdri(out[i], targets[i].numpy(), mixture[i].numpy())
                                   for i in range(len(data))])
     print(f"{args.checkpoint} (delay {info.delay}, P {info.compression}) on {data.task_dir}/{args.split}, "

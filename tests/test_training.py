@@ -16,7 +16,7 @@ from fake_corpus import make_corpus
 from kboost.dataset import MixtureDataset
 from kboost.mixtures import synthesize_task
 from kboost.models import BoostedPair, GridNetSize, TFGridNet
-from kboost.models.checkpoint import read_checkpoint
+from kboost.models.checkpoint import read_checkpoint, save_checkpoint
 from kboost.training import EpochView, Trainer, TrainingError, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,3 +281,28 @@ def test_killing_the_launcher_leaves_no_worker_behind(mixtures, tmp_path):
     finally:
         for pid in _stage_processes(repo):
             os.kill(pid, 9)
+
+
+def _hint_use(mixtures, tmp_path, zero_residual: bool) -> str:
+    torch.manual_seed(0)
+    pair = BoostedPair(TFGridNet("ss", TINY), TFGridNet("ss", TINY_LARGE), delay=1)
+    if zero_residual:
+        for merge in pair.merges:
+            merge.zero_residual()
+    save_checkpoint(tmp_path / "pair.pt", pair)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_hint_use.py"), "--checkpoint",
+                           str(tmp_path / "pair.pt"), "--mixtures", str(mixtures / "data" / "mixtures" / "ss")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_hint_use_probe_sees_hints_only_where_the_merges_read_them(mixtures, tmp_path):
+    """benchmarks/bench_hint_use.py: merges that add nothing give no change when the hints are
+    replaced; merges that add something change the output."""
+    silent = _hint_use(mixtures, tmp_path, zero_residual=True)
+    assert "2 mixtures" in silent
+    assert re.search(r"hints set to zero .* change [+-]0\.00 ", silent), silent
+    reading = _hint_use(mixtures, tmp_path, zero_residual=False)
+    changes = [float(x) for x in re.findall(r"change ([+-]\d+\.\d+)", reading)]
+    assert len(changes) == 2 and any(abs(c) > 0 for c in changes), reading
