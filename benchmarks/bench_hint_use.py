@@ -23,18 +23,18 @@ import torch
 
 from kboost.dataset import MixtureDataset, collate
 from kboost.evaluation import confidence_interval
-from kboost.metrics import match_permutation, si_sdr
+from kboost.metrics import match_permutation, score_pairs
 from kboost.models.boosting import BoostedPair
 from kboost.models.checkpoint import load_checkpoint
 from kboost.models.frontend import HOP
 
 
 def _si_sdri(estimates: np.ndarray, references: np.ndarray, mixture: np.ndarray) -> float:
-    """Mean SI-SDRi over sources and ears, estimates matched to the references first."""
-    estimates = match_permutation(estimates, references)
-    gains = [si_sdr(estimates[s, ear], references[s, ear]) - si_sdr(mixture[ear], references[s, ear])
-             for s in range(references.shape[0]) for ear in range(references.shape[1])]
-    return float(np.mean(gains))
+    """SI-SDRi as the evaluation scores it (matched sources, mean over sources and ears), without
+    PESQ and STOI."""
+    mixture_score = score_pairs(np.broadcast_to(mixture, references.shape), references, perceptual=False)
+    return score_pairs(match_permutation(estimates, references), references, perceptual=False)["si_sdr"] \
+        - mixture_score["si_sdr"]
 
 
 def main() -> None:
@@ -54,22 +54,20 @@ def main() -> None:
     length = mixture.shape[-1]
     padded = torch.nn.functional.pad(mixture, (0, -length % HOP))  # whole 8 ms chunks, as evaluation runs
 
-    replace = {"mode": "own"}
+    def replaced_hint(mode: str):
+        """A forward hook on the compression that swaps what it sends for ``mode``'s hints."""
+        def hook(module, inputs, output):
+            hint, state = output
+            return (torch.zeros_like(hint) if mode == "zeros" else torch.roll(hint, shifts=-1, dims=0)), state
+        return hook
 
-    def swap_hint(module, inputs, output):
-        hint, state = output
-        if replace["mode"] == "zeros":
-            return torch.zeros_like(hint), state
-        if replace["mode"] == "other":
-            return torch.roll(hint, shifts=-1, dims=0), state
-        return output
-
-    pair.compression.register_forward_hook(swap_hint)
     scores = {}
     for mode in ("own", "zeros", "other"):
-        replace["mode"] = mode
+        handle = None if mode == "own" else pair.compression.register_forward_hook(replaced_hint(mode))
         with torch.inference_mode():
             out = pair(padded, embedding)[..., :length].numpy()
+        if handle is not None:
+            handle.remove()
         scores[mode] = pd.Series([_si_sdri(out[i], targets[i].numpy(), mixture[i].numpy())
                                   for i in range(len(data))])
     print(f"{args.checkpoint} (delay {info.delay}, P {info.compression}) on {data.task_dir}/{args.split}, "
