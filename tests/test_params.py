@@ -67,6 +67,12 @@ def _delete(path):
     (_set("profiles.demo.train.boosted_int", "small"), r"profiles.demo.train.boosted_int: unknown key; did you mean "
                                                        r"profiles.demo.train.boosted_init\?"),
     (_set("profiles.demo.train.epochs.medium", 1), r"profiles.demo.train.epochs.medium: must be small \+ boosted"),
+    (_set("profiles.demo.train.epochs.large", {"se": 2, "ss": 2}),
+     r"profiles.demo.train.epochs.large: a per-task mapping must name exactly \['se', 'ss', 'tse'\], got \['se', 'ss'\]"),
+    (_set("profiles.demo.train.epochs.large", {"se": 2, "ss": 2, "tse": 0}),
+     r"profiles.demo.train.epochs.large.tse: must be >= 1"),
+    (_set("profiles.demo.train.epochs.small", {"se": 8, "ss": 8, "tse": 9}),
+     r"profiles.demo.train.epochs.medium: must be small \+ boosted = 12 for tse"),
     (_set("model.merge_start", "ones"), r"model.merge_start: unknown value 'ones'; allowed: zeros, masked"),
     (_set("tasks", ["se"]), r"ablation.compressions: the compression ablation trains SS pairs.*add ss to tasks"),
 ])
@@ -113,3 +119,16 @@ def test_merge_starts_match_the_models():
     from kboost.params import MERGE_STARTS
 
     assert set(MERGE_STARTS) == set(LocalAttention.STARTS)
+
+
+def test_epochs_may_be_one_budget_or_one_per_task(tmp_path):
+    from kboost.runs import clips_before, training_epochs
+
+    def per_task(params):
+        params["profiles"]["demo"]["train"]["epochs"].update(
+            small={"se": 8, "ss": 8, "tse": 12}, medium={"se": 11, "ss": 11, "tse": 15})
+    params = load_params(_write(tmp_path, per_task))
+    assert [training_epochs(params, t, "small") for t in ("se", "ss", "tse")] == [8, 8, 12]
+    assert training_epochs(params, "tse", "boosted") == params["profiles"]["demo"]["train"]["epochs"]["boosted"]
+    per_epoch = params["profiles"]["demo"]["train"]["train_mixtures"]
+    assert clips_before(params, "tse", "boosted") == 12 * per_epoch and clips_before(params, "tse", "small") == 0

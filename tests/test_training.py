@@ -83,6 +83,18 @@ def test_more_epochs_continue_a_finished_run(mixtures, tmp_path):
     assert continued["final_train_loss"] == straight["final_train_loss"]
 
 
+def test_fewer_epochs_than_a_finished_run_retrain_from_scratch(mixtures, tmp_path, caplog):
+    run = tmp_path / "a"
+    _trainer(mixtures, run, _settings(epochs=2)).fit()
+    with caplog.at_level("INFO"):
+        shorter = _trainer(mixtures, run, _settings(epochs=1)).fit()
+    straight = _trainer(mixtures, tmp_path / "b", _settings(epochs=1)).fit()
+    assert "more than the 1 asked for" in caplog.text
+    assert shorter["final_val_si_snri"] == straight["final_val_si_snri"]
+    assert shorter["final_train_loss"] == straight["final_train_loss"]
+    assert read_checkpoint(run / "best.pt")["meta"]["epochs_done"] == 1
+
+
 def test_an_unreadable_last_checkpoint_is_set_aside_and_the_run_restarts(mixtures, tmp_path, caplog):
     run = tmp_path / "models" / "small"
     straight = _trainer(mixtures, tmp_path / "b", _settings(epochs=1)).fit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .models import GridNetSize
-from .runs import MIXTURES_DIR, run_name
+from .runs import MIXTURES_DIR, run_name, training_epochs
 from .training import TrainSettings
 
 
@@ -16,12 +16,12 @@ def model_sizes(params: dict) -> dict[str, GridNetSize]:
             for role, cfg in params["profiles"][name]["models"].items()}
 
 
-def train_settings(params: dict, model: str) -> TrainSettings:
-    """Settings of the training run of ``model`` (small, medium, large or boosted)."""
+def train_settings(params: dict, task: str, model: str) -> TrainSettings:
+    """Settings of the training run of ``model`` (small, medium, large or boosted) on ``task``."""
     opt = params["train"]
     prof = params["profiles"][params["profile"]]["train"]
     return TrainSettings(
-        epochs=int(prof["epochs"][model]),
+        epochs=training_epochs(params, task, model),
         batch_size=int(prof["batch_size"]), lr=float(prof["lr"]), lr_factor=float(opt["lr_factor"]),
         lr_patience=int(opt["lr_patience"]), min_lr=float(opt["min_lr"]), clip_norm=float(opt["clip_norm"]),
         crop_seconds=None if prof["crop_seconds"] is None else float(prof["crop_seconds"]),
@@ -64,7 +64,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
             raise ParamsError(f"profiles.{params['profile']}.train.boosted_init is small: a boosted run needs "
                               f"--small (the trained vanilla small checkpoint)")
         compression = main_compression if compression is None else compression
-    settings = train_settings(params, model)
+    settings = train_settings(params, task, model)
     limits = profile["train"]
 
     torch.manual_seed(settings.seed)  # same initial small weights in vanilla and boosted runs

@@ -362,14 +362,25 @@ def _validate_profile(check: _Checker, profile: dict, prefix: str, measured_sets
     train = check.section(profile, "train", prefix)
     pt = f"{prefix}train."
     epochs = check.section(train, "epochs", pt)
+    per_task = {}  # role -> task -> epochs
     for role in MODEL_ROLES + ("boosted",):
-        check.integer(epochs, role, f"{pt}epochs.", minimum=1)
+        if isinstance(epochs.get(role), dict):  # {se: N, ss: N, tse: N}: a budget per task
+            given = epochs[role]
+            if set(given) != set(TASKS):
+                check.fail(f"{pt}epochs.{role}", f"a per-task mapping must name exactly {list(TASKS)}, "
+                                                 f"got {sorted(given)}")
+            per_task[role] = {t: check.integer(given, t, f"{pt}epochs.{role}.", minimum=1) for t in TASKS}
+        else:
+            value = check.integer(epochs, role, f"{pt}epochs.", minimum=1)
+            per_task[role] = dict.fromkeys(TASKS, value)
     if check.choice(train, "boosted_init", BOOSTED_INITS, pt) == "small":
         # Fair budget: a warm-started boosted small model has also seen the vanilla small model's clips.
-        if epochs["medium"] != epochs["small"] + epochs["boosted"]:
-            check.fail(f"{pt}epochs.medium", f"must be small + boosted = {epochs['small'] + epochs['boosted']} with "
-                                             f"boosted_init: small (the boosted small model has seen both), "
-                                             f"got {epochs['medium']}")
+        for t in TASKS:
+            small, boosted, medium = (per_task[r][t] for r in ("small", "boosted", "medium"))
+            if medium != small + boosted:
+                check.fail(f"{pt}epochs.medium", f"must be small + boosted = {small + boosted} for {t} with "
+                                                 f"boosted_init: small (the boosted small model has seen both), "
+                                                 f"got {medium}")
     check.number(train, "lr", pt, positive=True)
     check.integer(train, "batch_size", pt, minimum=1)
     if check.value(train, "crop_seconds", pt) is not None:

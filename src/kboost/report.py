@@ -278,7 +278,7 @@ def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]
             path = study.root / TRAIN_METRICS_DIR / task / run / "plots" / "metrics" / "val_si_snri.tsv"
             if not path.is_file():
                 continue
-            offset = clips_before(study.params, "boosted" if run.startswith("boosted") else run)
+            offset = clips_before(study.params, task, "boosted" if run.startswith("boosted") else run)
             lines = path.read_text().strip().splitlines()[1:]
             curves.setdefault(task, {})[run] = [(offset + int(a) * per_epoch, float(b))
                                                 for a, b in (line.split("\t")[:2] for line in lines)]

@@ -48,10 +48,17 @@ def clips_per_epoch(params: dict) -> int:
     return int(per_epoch if per_epoch is not None else profile["data"]["mixtures"]["train"])
 
 
-def clips_before(params: dict, model: str) -> int:
+def training_epochs(params: dict, task: str, model: str) -> int:
+    """Epochs of ``model`` (small, medium, large or boosted) on ``task``: the profile's
+    train.epochs entry, one number for every task or a {task: epochs} mapping."""
+    value = params["profiles"][params["profile"]]["train"]["epochs"][model]
+    return int(value[task] if isinstance(value, dict) else value)
+
+
+def clips_before(params: dict, task: str, model: str) -> int:
     """Clips a run's small model had seen before its own first epoch: a warm-started boosted
     pair continues from the vanilla small model (profile train.boosted_init: small)."""
     train = params["profiles"][params["profile"]]["train"]
     if model == "boosted" and train["boosted_init"] == "small":
-        return int(train["epochs"]["small"]) * clips_per_epoch(params)
+        return training_epochs(params, task, "small") * clips_per_epoch(params)
     return 0

@@ -206,6 +206,10 @@ class Trainer:
         if payload["meta"].get("fingerprint") != self.meta["fingerprint"] or "training" not in payload:
             log.info("%s was written for other settings or data; training from scratch", path)
             return 0
+        if len(payload["meta"]["history"]) > self.settings.epochs:  # its extra epochs cannot be undone
+            log.info("%s holds %d epochs, more than the %d asked for; training from scratch",
+                     path, len(payload["meta"]["history"]), self.settings.epochs)
+            return 0
         self.model.load_state_dict(payload["state_dict"])
         state = payload["training"]
         self.optimiser.load_state_dict(state["optimiser"])
