@@ -1,5 +1,7 @@
 """The report stage: tables and figures from metrics files, byte-identical on rerun."""
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -125,18 +127,42 @@ window.addEventListener('load', () => setTimeout(() => {
   const audio = [...document.querySelectorAll('audio')];
   Promise.all(audio.map(a => new Promise(ok => { a.onloadedmetadata = () => ok(true); a.onerror = () => ok(false);
                                                  a.preload = 'metadata'; a.load(); })))
-    .then(loaded => { document.body.setAttribute('data-probe', JSON.stringify(
-        {tables: document.querySelectorAll('table').length, imgs, audio: loaded})); });
+    .then(loaded => setTimeout(() => {
+      const notice = document.getElementById('audio-missing');
+      document.body.setAttribute('data-probe', JSON.stringify(
+        {tables: document.querySelectorAll('table').length, imgs, audio: loaded,
+         missing_notice: notice ? !notice.hidden : null}));
+    }, 200));
 }, 100));
 </script>"""
 
 
-def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
+def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
+    """What loaded when headless Chromium opened ``page`` (a copy beside it with the probe added)."""
+    import html as html_lib
     import subprocess
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("headless Chromium is not installed (Debian package: chromium)")
+        if os.environ.get("KBOOST_REQUIRE_BROWSER"):  # `make test` installed it: its absence is a failure
+            pytest.fail("KBOOST_REQUIRE_BROWSER is set but no chromium is on PATH (make browser installs it)")
+        pytest.skip("headless Chromium is not installed (Debian package: chromium; `make browser`)")
+    probe = page.with_name(f".probe-{page.name}")  # beside the page: its relative references resolve
+    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    try:
+        result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                 "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
+                                 "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
+                                 probe.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    marker = 'data-probe="'
+    assert marker in result.stdout, result.stderr[-2000:]
+    return json.loads(html_lib.unescape(result.stdout.split(marker, 1)[1].split('"', 1)[0]))
+
+
+def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
     from kboost.report import render_page
 
     root, params = study_dir
@@ -146,21 +172,36 @@ def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
     tables = all_tables(study, reported)
     page = render_page(study, tables, render_figures(study, out / "figures"), reported,
                        root / "paper" / "templates", out, _fake_examples(out))
-    probe = out / "probe.html"  # the page plus a script that reports what loaded
-    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
-    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-                             "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    marker = 'data-probe="'
-    assert marker in result.stdout, result.stderr[-2000:]
-    import html as html_lib
-
-    state = json.loads(html_lib.unescape(result.stdout.split(marker, 1)[1].split('"', 1)[0]))
+    state = _open_in_chromium(page, tmp_path)
     assert state["tables"] == len(tables) + 1
     assert state["imgs"] and all(state["imgs"])
     assert state["audio"] and all(state["audio"])
+    assert state["missing_notice"] is False
+    for flac in (out / "audio").rglob("*.flac"):  # a fresh clone: the page, not the DVC-cached audio
+        flac.unlink()
+    state = _open_in_chromium(page, tmp_path)
+    assert state["imgs"] and all(state["imgs"]) and not any(state["audio"])
+    assert state["missing_notice"] is True
+
+
+def test_the_committed_results_page_loads_in_headless_chromium(tmp_path):
+    """paper/index.html as committed: every table and figure is there, and every audio player
+    either plays or (fresh clone, audio only in the DVC cache) the page says why not."""
+    paper = ROOT / "paper"
+    html = (paper / "index.html").read_text()
+    page = tmp_path / "paper" / "index.html"  # a copy whose folders link to the committed ones
+    page.parent.mkdir()
+    page.write_text(html)
+    for folder in ("figures", "audio"):
+        if (paper / folder).exists():
+            (page.parent / folder).symlink_to(paper / folder)
+    state = _open_in_chromium(page, tmp_path)
+    assert state["tables"] == html.count("<table") and state["tables"] >= 6
+    assert state["imgs"] and all(state["imgs"]) and len(state["imgs"]) == html.count("<img")
+    assert state["audio"] and len(state["audio"]) == html.count("<audio")
+    present = [(paper / src).is_file() for src in re.findall(r'<audio[^>]* src="([^"]+)"', html)]
+    assert state["audio"] == present
+    assert state["missing_notice"] is (not all(present))
 
 
 def test_learning_curves_are_against_clips_seen_and_warm_starts_continue(study_dir):
