@@ -132,3 +132,23 @@ def test_epochs_may_be_one_budget_or_one_per_task(tmp_path):
     assert training_epochs(params, "tse", "boosted") == params["profiles"]["demo"]["train"]["epochs"]["boosted"]
     per_epoch = params["profiles"]["demo"]["train"]["train_mixtures"]
     assert clips_before(params, "tse", "boosted") == 12 * per_epoch and clips_before(params, "tse", "small") == 0
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("delay=3", "delay: 3              # headline delay"),
+    ("profiles.demo.train.epochs.large.tse=30", "large: {se: 20, ss: 20, tse: 30}"),
+    ("profiles.demo.train.lr=0.001", "lr: 0.001"),
+])
+def test_dvc_exp_run_set_param_changes_only_the_line_it_sets(tmp_path, override, changed):
+    """`dvc exp run -S` rewrites params.yaml with DVC's YAML writer: the committed file is in the
+    form that writer gives back, so an experiment's params diff is the one line it set."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    path.write_text(original)
+    apply_overrides(path, [override])
+    before, after = original.splitlines(), path.read_text().splitlines()
+    assert len(before) == len(after)
+    diff = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(diff) == 1 and changed in diff[0][1], diff

@@ -21,6 +21,15 @@ def _run(args, cwd, check=True):
     return result
 
 
+def _set_params(path: Path, *overrides: str) -> None:
+    """Edit params.yaml as `dvc exp run -S key=value` does (DVC's own writer)."""
+    from dvc.utils.hydra import apply_overrides
+
+    before = path.read_text()
+    apply_overrides(path, list(overrides))
+    assert path.read_text() != before, overrides
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The working tree's tracked and unignored files, committed in a fresh git repository."""
@@ -32,11 +41,9 @@ def repo(tmp_path_factory):
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    text = (dest / "params.yaml").read_text().replace("\nprofile: demo ", "\nprofile: smoke ")
     # One delay and one ablation factor keep the DAG whole (every stage kind) and the test short.
-    text = text.replace("\ndelays: [0, 1, 3, 6] ", "\ndelays: [2] ").replace("\ndelay: 6 ", "\ndelay: 2 ")
-    text = text.replace("  delays: [6]   ", "  delays: [2]   ").replace("  compressions: [2, 4]   ", "  compressions: [4]   ")
-    (dest / "params.yaml").write_text(text)
+    _set_params(dest / "params.yaml", "profile=smoke", "delays=[2]", "delay=2", "ablation.delays=[2]",
+                "ablation.compressions=[4]")
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "init", "--allow-empty"], dest, check=False)
     _run(["git", "add", "-A"], dest)
@@ -93,9 +100,7 @@ def test_invalid_param_stops_first_stage_with_clear_message(repo):
     params = repo / "params.yaml"
     original = params.read_text()
     try:
-        edited = original.replace("    snr_db: [-5, 10]", "    snr_db: [10, -5]", 1)
-        assert edited != original
-        params.write_text(edited)
+        _set_params(params, "data.se.snr_db=[10,-5]")
         result = _run(["dvc", "repro", "--force", "get_data@speech"], repo, check=False)
         assert result.returncode != 0
         assert "data.se.snr_db: range is reversed" in result.stderr + result.stdout
@@ -108,12 +113,13 @@ def test_new_delay_trains_only_its_own_stages_and_bad_delay_fails_at_once(repo):
     params = repo / "params.yaml"
     original = params.read_text()
     try:
-        params.write_text(original.replace("\ndelays: [2] ", "\ndelays: [2, 3] "))
+        _set_params(params, "delays=[2,3]")
         planned = sorted(json.loads(_run(["dvc", "status", "--json"], repo).stdout))
         # Only the new delay's training and evaluation, plus the audio examples and the report that list delays.
         assert planned == ["evaluate_boosted@se-3", "evaluate_boosted@ss-3", "evaluate_boosted@tse-3", "examples",
                            "report", "train_boosted@se-3", "train_boosted@ss-3", "train_boosted@tse-3"], planned
-        params.write_text(original.replace("\ndelay: 2 ", "\ndelay: 5 "))
+        params.write_text(original)
+        _set_params(params, "delay=5")
         result = _run(["dvc", "repro"], repo, check=False)
         assert result.returncode != 0
         assert "delay: 5 is not one of delays [2]" in result.stderr + result.stdout
@@ -133,7 +139,7 @@ def test_metrics_and_params_diff_between_two_commits(repo):
         summary = json.loads(original_summary)
         summary["mean"]["si_sdri"] = (summary["mean"]["si_sdri"] or 0.0) + 1.5  # as a retrained model would
         summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (repo / "params.yaml").write_text(params_text.replace("\nseed: 42 ", "\nseed: 43 "))
+        _set_params(repo / "params.yaml", "seed=43")
         _run(["git", "add", "-A"], repo)
         _run(git + ["commit", "-qm", "changed"], repo)
         metrics = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD"], repo).stdout
