@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup browser repro test bench clean-data
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .dvc/plots-offline.html
 
 # torch first: a plain `torch` requirement would pull the multi-GB CUDA build.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -16,6 +16,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# `dvc plots show` offline: Vega inlined into a template (from the npm registry, integrity-checked).
+# Without the registry, setup goes on and the plots page loads Vega from DVC's CDN as before.
+.dvc/plots-offline.html: tools/offline_plots_template.py | $(VENV)/.installed
+	python tools/offline_plots_template.py --out $@ && dvc config --local plots.html_template plots-offline.html \
+	  || echo "warning: no offline plots template; dvc plots show will load Vega from a CDN"
 
 # The params check first: DVC itself cannot resolve a misspelt profile and would not say which exist.
 repro: setup

@@ -1,6 +1,5 @@
 """The report stage: tables and figures from metrics files, byte-identical on rerun."""
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -140,26 +139,18 @@ window.addEventListener('load', () => setTimeout(() => {
 def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
     """What loaded when headless Chromium opened ``page`` (a copy beside it with the probe added)."""
     import html as html_lib
-    import subprocess
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("KBOOST_REQUIRE_BROWSER"):  # `make test` installed it: its absence is a failure
-            pytest.fail("KBOOST_REQUIRE_BROWSER is set but no chromium is on PATH (make browser installs it)")
-        pytest.skip("headless Chromium is not installed (Debian package: chromium; `make browser`)")
+    from browser import dump_dom
+
     probe = page.with_name(f".probe-{page.name}")  # beside the page: its relative references resolve
     probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
     try:
-        result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                                 "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-                                 "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
-                                 probe.as_uri()], capture_output=True, text=True, timeout=120)
+        dom = dump_dom(probe, tmp_path / "profile")
     finally:
         probe.unlink()
     marker = 'data-probe="'
-    assert marker in result.stdout, result.stderr[-2000:]
-    return json.loads(html_lib.unescape(result.stdout.split(marker, 1)[1].split('"', 1)[0]))
+    assert marker in dom, dom[-2000:]
+    return json.loads(html_lib.unescape(dom.split(marker, 1)[1].split('"', 1)[0]))
 
 
 def test_results_page_loads_in_headless_chromium(study_dir, tmp_path):
