@@ -144,11 +144,16 @@ def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
 
     probe = page.with_name(f".probe-{page.name}")  # beside the page: its relative references resolve
     probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    marker = 'data-probe="'
     try:
-        dom = dump_dom(probe, tmp_path / "profile")
+        # Virtual time runs ahead of media loading (not a network fetch), so on a busy machine the
+        # probe may not have reported yet when the budget ends: retry with longer budgets.
+        for budget_ms in (5000, 30000, 120000):
+            dom = dump_dom(probe, tmp_path / "profile", budget_ms)
+            if marker in dom:
+                break
     finally:
         probe.unlink()
-    marker = 'data-probe="'
     assert marker in dom, dom[-2000:]
     return json.loads(html_lib.unescape(dom.split(marker, 1)[1].split('"', 1)[0]))
 
