@@ -146,12 +146,7 @@ def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
     probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
     marker = 'data-probe="'
     try:
-        # Virtual time runs ahead of media loading (not a network fetch), so on a busy machine the
-        # probe may not have reported yet when the budget ends: retry with longer budgets.
-        for budget_ms in (5000, 30000, 120000):
-            dom = dump_dom(probe, tmp_path / "profile", budget_ms)
-            if marker in dom:
-                break
+        dom = dump_dom(probe, tmp_path / "profile", until=marker)
     finally:
         probe.unlink()
     assert marker in dom, dom[-2000:]

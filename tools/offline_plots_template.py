@@ -15,12 +15,12 @@ import base64
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from kboost.fsutil import atomic_file
 
 REGISTRY = "https://registry.npmjs.org"
 # The releases dvc-render's default page loads (dvc_render/vega.py), and the file each ships.
@@ -96,11 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except TemplateError as exc:
         print(f"offline_plots_template: {exc}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, prefix=f".{args.out.name}.", delete=False,
-                                     encoding="utf-8") as tmp:
-        tmp.write(page)
-    os.replace(tmp.name, args.out)  # never a half-written template
+    with atomic_file(args.out) as tmp:  # never a half-written template
+        tmp.write_text(page, encoding="utf-8")
     print(f"wrote {args.out} ({len(page) / 1e6:.1f} MB)")
     return 0
 
