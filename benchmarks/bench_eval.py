@@ -18,11 +18,12 @@ from kboost.evaluation import estimate, score
 from kboost.experiment import model_sizes
 from kboost.models import BoostedPair, TFGridNet
 from kboost.params import load_params
+from kboost.tasks import NAMES as TASK_NAMES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="ss", choices=["se", "ss", "tse"])
+    parser.add_argument("--task", default="ss", choices=TASK_NAMES)
     parser.add_argument("--utterances", type=int, default=16, help="test utterances to use (default: %(default)s)")
     parser.add_argument("--delay", type=int, default=6)
     args = parser.parse_args()

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from kboost.tasks import NAMES as TASK_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,7 @@ def probe_params(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="ss", choices=["se", "ss", "tse"])
+    parser.add_argument("--task", default="ss", choices=TASK_NAMES)
     parser.add_argument("--models", nargs="+", default=["small", "large"], choices=["small", "medium", "large"])
     parser.add_argument("--clips", type=int, default=20000, help="training clips per model (default: %(default)s)")
     parser.add_argument("--epoch-clips", type=int, default=500,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kboost.logs import setup_logging
 from kboost.mixtures import Corpus, _embed_file, plan_split, render_mixture
-from kboost.tasks import STEMS
+from kboost.tasks import TASKS
 from kboost.params import active_profile, load_params
 
 PAPER_MIXTURES = 3 * (100_000 + 5_000 + 5_000)  # three tasks
@@ -38,7 +38,7 @@ def main() -> None:
             plan = plan_split(corpus, task, "train", args.count, args.seconds, params["data"],
                               pdata["response_sets"], params["seed"])
             split_dir = Path(tmp) / task
-            for stem in STEMS[task]:
+            for stem in TASKS[task].stems:
                 (split_dir / stem).mkdir(parents=True)
             rows = plan.to_dict("records")
             started = time.perf_counter()
@@ -49,7 +49,7 @@ def main() -> None:
             total_time += elapsed
             print(f"{task}: {len(rows)} mixtures of {args.seconds:g} s in {elapsed:.2f} s "
                   f"-> {len(rows) / elapsed:.1f} mixtures/s/core")
-            if task == "tse":
+            if TASKS[task].needs_embedding:
                 files = sorted(set(plan["enrol_file"]))[:40]
                 _embed_file((str(Path(corpus.roots["speech"]) / files[0]), 16000))  # load the encoder
                 started = time.perf_counter()

@@ -20,8 +20,10 @@ import time
 import torch
 
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, TFGridNet
+from kboost.models.gridnet import EMBEDDING_DIM
 from kboost.parallel import limit_threads, thread_report
 from kboost.streaming import compile_model
+from kboost.tasks import NAMES as TASK_NAMES, get_task
 
 
 def _peak_rss_gib() -> float:
@@ -45,7 +47,7 @@ def streaming(task: str, chunks: int, delay: int) -> None:
     modules' ``step`` and the compiled engine (kboost.streaming)."""
     limit_threads(1)  # as `kboost stream --threads 1`: every library, also those loaded later
     torch.manual_seed(0)
-    embedding = torch.randn(1, 256) if task == "tse" else None
+    embedding = torch.randn(1, EMBEDDING_DIM) if get_task(task).needs_embedding else None
     small = TFGridNet(task, PAPER_SIZES["small"]).eval()
     large = TFGridNet(task, PAPER_SIZES["large"]).eval()
     pair = BoostedPair(small, large, delay).eval()  # the vanilla models run on their own state below
@@ -84,7 +86,7 @@ def training_step(task: str, batch: int, seconds: float, size: str, steps: int, 
     model = TFGridNet(task, PAPER_SIZES[size])
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     audio = torch.randn(batch, 2, samples)
-    embedding = torch.randn(batch, 256) if task == "tse" else None
+    embedding = torch.randn(batch, EMBEDDING_DIM) if get_task(task).needs_embedding else None
     times = []
     for _ in range(steps + 1):
         started = time.perf_counter()
@@ -112,7 +114,7 @@ def training(task: str, batch: int, seconds: float, sizes: list[str], steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="ss", choices=["se", "ss", "tse"])
+    parser.add_argument("--task", default="ss", choices=TASK_NAMES)
     parser.add_argument("--chunks", type=int, default=200, help="timed streaming chunks (default: %(default)s)")
     parser.add_argument("--delay", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)

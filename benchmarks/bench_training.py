@@ -33,6 +33,8 @@ from kboost.complexity import MacCounter
 from kboost.memory import retain_freed_memory
 from kboost.models.fast_lstm import set_enabled
 from kboost.objectives import negative_si_sdr
+from kboost.models.gridnet import EMBEDDING_DIM
+from kboost.tasks import NAMES as TASK_NAMES, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,12 +98,13 @@ def _lstm_seconds(prof) -> float:
 def _step_function(task: str, model: torch.nn.Module, batch: int, samples: int):
     """One training step of `model` on fixed random clips (as training.py does it)."""
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    facts = get_task(task)
     audio = 0.1 * torch.randn(batch, 2, samples)
-    targets = 0.1 * torch.randn(batch, 2 if task == "ss" else 1, 2, samples)
-    embedding = torch.randn(batch, 256) if task == "tse" else None
+    targets = 0.1 * torch.randn(batch, facts.sources, 2, samples)
+    embedding = torch.randn(batch, EMBEDDING_DIM) if facts.needs_embedding else None
 
     def step():
-        loss = negative_si_sdr(model(audio, embedding), targets, permutation_invariant=task == "ss")
+        loss = negative_si_sdr(model(audio, embedding), targets, permutation_invariant=facts.permutation_invariant)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,7 +162,8 @@ def lstm_macs(task: str, model: torch.nn.Module, batch: int, samples: int) -> in
     clips, x3 for forward and backward (the backward does the weight products twice: dh/dx and
     the weight gradients); block padding not counted (a lower bound)."""
     with MacCounter({"model": [model]}) as counter, torch.no_grad():
-        model(0.1 * torch.randn(batch, 2, samples), torch.randn(batch, 256) if task == "tse" else None)
+        model(0.1 * torch.randn(batch, 2, samples),
+              torch.randn(batch, EMBEDDING_DIM) if get_task(task).needs_embedding else None)
     return 3 * counter.breakdown()["model"].get("lstm", 0)
 
 
@@ -180,7 +184,7 @@ def measure(task: str, model: torch.nn.Module, batch: int, samples: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="ss", choices=["se", "ss", "tse"])
+    parser.add_argument("--task", default="ss", choices=TASK_NAMES)
     parser.add_argument("--scale", default="demo", help="demo | smoke | paper (default: %(default)s)")
     parser.add_argument("--models", default="small,medium,large,boosted")
     parser.add_argument("--batches", default="2,8")

@@ -1,24 +1,31 @@
 """DVC stages score_mixtures@<task> and evaluate_*@...: test-split metrics of one model.
 
-Writes per-utterance rows to data/eval/<task>/<run>.csv and a summary (means, 95% confidence
-half-widths, PESQ/STOI failure counts) to metrics/eval/<task>/<run>.json. With --mixture it
+Reads the test split of --data; writes per-utterance rows to --rows (CSV) and a summary (means,
+95% confidence half-widths, PESQ/STOI failure counts) to --summary (JSON). With --mixture it
 scores the unprocessed mixtures (the reference point of SI-SDRi and of the tables).
 Boosted pairs run chunk by chunk with their delay; vanilla models run whole clips (same output).
 """
 import argparse
 
+from kboost.tasks import NAMES as TASK_NAMES
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=["se", "ss", "tse"])
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="model checkpoint, e.g. data/models/ss/small/best.pt")
     what.add_argument("--mixture", action="store_true", help="score the mixtures themselves")
-    parser.add_argument("--run", help="run name for the outputs, e.g. small or boosted-d6 (default: the "
+    parser.add_argument("--data", required=True, help="the task's mixtures, e.g. data/mixtures/ss")
+    parser.add_argument("--rows", required=True, help="per-utterance scores to write, e.g. data/eval/ss/small.csv")
+    parser.add_argument("--summary", required=True, help="summary JSON to write, e.g. metrics/eval/ss/small.json")
+    parser.add_argument("--mixture-rows", metavar="CSV",
+                        help="the mixtures' scores (score_mixtures), for the PESQ/STOI improvements of a model")
+    parser.add_argument("--paired-with", metavar="CSV",
+                        help="the rows of another run of the task (e.g. data/eval/ss/medium.csv): also compare "
+                             "with it utterance by utterance (mean difference and its 95%% confidence half-width)")
+    parser.add_argument("--run", help="run name in the summary, e.g. small or boosted-d6 (default: the "
                                       "checkpoint's directory name)")
-    parser.add_argument("--paired-with", metavar="RUN",
-                        help="also compare with RUN of the same task (e.g. medium) utterance by utterance: "
-                             "mean difference and its 95%% confidence half-width in the summary")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
@@ -31,11 +38,10 @@ def main() -> None:
 
     def run() -> None:
         from kboost.evaluation import evaluate_from_params
-        from kboost.runs import eval_paths
 
-        mixture_rows = None if args.mixture else str(eval_paths(args.task, "mixture")[0])
-        evaluate_from_params(args.params, args.task, run_name, args.checkpoint, mixture_rows,
-                             progress=not args.no_progress, paired_with=args.paired_with)
+        evaluate_from_params(args.params, args.task, run_name, args.checkpoint, data_dir=args.data,
+                             rows_path=args.rows, summary_path=args.summary, mixture_rows=args.mixture_rows,
+                             paired_rows=args.paired_with, progress=not args.no_progress)
 
     stage.run(run, f"evaluate {args.task} {run_name}")
 

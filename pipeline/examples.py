@@ -10,6 +10,9 @@ import argparse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    parser.add_argument("--data", default="data/mixtures", help="mixtures, one folder per task (default: %(default)s)")
+    parser.add_argument("--models", default="data/models", help="trained models, <task>/<run>/best.pt "
+                                                                "(default: %(default)s)")
     parser.add_argument("--out", default="paper/audio", help="output directory (default: %(default)s)")
     parser.add_argument("--index", type=int, default=0, help="test mixture to render (default: %(default)s)")
     args = parser.parse_args()
@@ -20,7 +23,7 @@ def main() -> None:
         from kboost.examples import render_examples
         from kboost.params import load_params
 
-        render_examples(load_params(args.params), args.out, args.index)
+        render_examples(load_params(args.params), args.out, args.index, data_root=args.data, models_root=args.models)
 
     stage.run(run, "examples")
 

@@ -7,7 +7,8 @@ import argparse
 
 from kboost import stage
 from kboost.mixtures import synthesize_task
-from kboost.params import TASKS, active_profile, load_params
+from kboost.params import active_profile, load_params
+from kboost.tasks import NAMES as TASKS
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """DVC stages train_vanilla@<task>-<size>, train_boosted@<task>-<delay> and train_ablation@<P>-<delay>.
 
-Trains one model on data/mixtures/<task> with the authors' recipe (params `train`) at the active
+Trains one model on the mixtures in --data (data/mixtures/<task>) with the authors' recipe (params `train`) at the active
 profile's scale (params profiles.<profile>.train and .models). Writes to --out: best.pt (best
 validation SI-SNRi), last.pt (resumable) and params.yaml (the resolved settings); DVCLive logs to
 --live. A killed run resumes from last.pt when rerun. A boosted pair's large model starts from
@@ -14,15 +14,18 @@ starting it under torchrun by hand works too.
 import argparse
 import sys
 
+from kboost.tasks import NAMES as TASK_NAMES
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=["se", "ss", "tse"])
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--model", required=True, choices=["small", "medium", "large", "boosted"])
     parser.add_argument("--delay", type=int, help="boosted: hint delay in 8 ms chunks")
     parser.add_argument("--compression", type=int, help="boosted: compression factor P (default: params model.compression)")
     parser.add_argument("--large", help="boosted: the trained vanilla large checkpoint to start from")
     parser.add_argument("--small", help="boosted, with boosted_init small: the trained vanilla small checkpoint")
+    parser.add_argument("--data", required=True, help="the task's mixtures, e.g. data/mixtures/ss")
     parser.add_argument("--out", required=True, help="checkpoint directory, e.g. data/models/ss/small")
     parser.add_argument("--live", help="DVCLive directory, e.g. metrics/train/ss/small")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
@@ -39,7 +42,7 @@ def main() -> None:
         processes = active_profile(load_params(args.params))["train"]["processes"]
         exec_under_torchrun(processes, __file__, sys.argv[1:])  # does not return when processes > 1
 
-        train_from_params(args.params, args.task, args.model, args.out, args.live, delay=args.delay,
+        train_from_params(args.params, args.task, args.model, args.data, args.out, args.live, delay=args.delay,
                           compression=args.compression, large_checkpoint=args.large, small_checkpoint=args.small,
                           progress=not args.no_progress)
 

@@ -11,7 +11,7 @@ from fake_corpus import make_corpus, tree_files
 from kboost.audio import AudioError, quantize_pcm16
 from kboost.dataset import MixtureDataset
 from kboost.mixtures import SynthesisError, peak_scale, synthesize_task
-from kboost.tasks import STEMS
+from kboost.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_mixture_is_exact_sum_and_layout(corpus, tmp_path, task):
     for row in manifest.itertuples():
         mix, rate = sf.read(out / "train" / row.path_mixture, always_2d=True)
         assert rate == 16000 and mix.shape == (16000, 2)
-        parts = sum(sf.read(out / "train" / getattr(row, f"path_{s}"), always_2d=True)[0] for s in STEMS[task][1:])
+        parts = sum(sf.read(out / "train" / getattr(row, f"path_{s}"), always_2d=True)[0] for s in TASKS[task].stems[1:])
         np.testing.assert_array_equal(mix, parts)  # bit-exact: stems live on the 16-bit grid
         assert np.max(np.abs(mix)) <= params["data"]["peak_limit"] + 1e-3
     if task == "ss":

@@ -72,8 +72,13 @@ def test_smoke_repro_end_to_end(repo):
     assert (repo / "metrics" / "eval" / "ss" / "boosted-d2-p4.json").is_file()
     boosted = json.loads((repo / "metrics" / "eval" / "ss" / "boosted-d2.json").read_text())
     assert boosted["streaming"] and boosted["delay"] == 2
-    shown = _run(["dvc", "metrics", "show", "--json"], repo)
-    assert "metrics/eval/ss/boosted-d2.json" in shown.stdout
+    # `dvc metrics show` is the study at a glance: one line per run, a few columns, a terminal's width.
+    shown = _run(["dvc", "metrics", "show"], repo).stdout.splitlines()
+    assert shown[0].split() == ["Path", "gain", "pesq", "si_sdri", "stoi"], shown[0]  # no delay 6: no paper_gain
+    assert len(shown) == 1 + 3 * 4 + 1 and max(map(len, shown)) <= 100, shown
+    result = json.loads((repo / "metrics" / "results" / "ss" / "boosted-d2.json").read_text())
+    assert result["si_sdri"] == round(boosted["mean"]["si_sdri"], 2)
+    assert result["gain"] == round(boosted["paired"]["si_sdri"]["mean"], 2) and "paper_gain" not in result
     status = _run(["dvc", "status"], repo)
     assert "up to date" in status.stdout
     again = _run(["dvc", "repro"], repo)
@@ -133,17 +138,17 @@ def test_metrics_and_params_diff_between_two_commits(repo):
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     _run(["git", "add", "-A"], repo)
     _run(git + ["commit", "-qm", "smoke run", "--allow-empty"], repo)
-    summary_path = repo / "metrics" / "eval" / "ss" / "small.json"
+    summary_path = repo / "metrics" / "results" / "ss" / "small.json"
     original_summary, params_text = summary_path.read_text(), (repo / "params.yaml").read_text()
     try:
         summary = json.loads(original_summary)
-        summary["mean"]["si_sdri"] = (summary["mean"]["si_sdri"] or 0.0) + 1.5  # as a retrained model would
+        summary["si_sdri"] = (summary["si_sdri"] or 0.0) + 1.5  # as a retrained model would
         summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         _set_params(repo / "params.yaml", "seed=43")
         _run(["git", "add", "-A"], repo)
         _run(git + ["commit", "-qm", "changed"], repo)
         metrics = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD"], repo).stdout
-        assert "metrics/eval/ss/small.json" in metrics and "mean.si_sdri" in metrics and "1.5" in metrics
+        assert "metrics/results/ss/small.json" in metrics and "si_sdri" in metrics and "1.5" in metrics
         params = _run(["dvc", "params", "diff", "HEAD~1", "HEAD"], repo).stdout
         assert "seed" in params and "42" in params and "43" in params
     finally:

@@ -205,3 +205,19 @@ def test_learning_curves_are_against_clips_seen_and_warm_starts_continue(study_d
     assert curves["small"] == [(per_epoch, -3.0), (2 * per_epoch, -1.5)]
     start = small_epochs * per_epoch if train["boosted_init"] == "small" else 0
     assert curves["boosted-d6"] == [(start + per_epoch, -1.0)]
+
+
+def test_the_results_view_holds_the_headline_numbers_of_every_trained_run(study_dir, tmp_path):
+    from kboost.report import results_view, write_results
+
+    root, params = study_dir
+    view = results_view(Study(params, root), load_reported(root / "paper" / "reported.yaml"))
+    names = {(run.task, run.name) for run in view}
+    assert names == {(task, run) for task in ("ss", "tse") for run in RUNS[1:] if not (task == "tse" and "-p" in run)}
+    written = write_results(view, tmp_path / "results")
+    ss_d6 = json.loads((tmp_path / "results" / "ss" / "boosted-d6.json").read_text())
+    # RUNS index 5, task 0: si_sdri = 1 + 5 - 1; paired gain 5 - 2; the paper's SS gain at 6 chunks
+    assert ss_d6 == {"si_sdri": 5.0, "pesq": 1.5, "stoi": 0.7, "gain": 3.0, "paper_gain": 2.31}
+    assert "paper_gain" not in json.loads((tmp_path / "results" / "ss" / "boosted-d6-p2.json").read_text())
+    assert set(json.loads((tmp_path / "results" / "tse" / "medium.json").read_text())) == {"si_sdri", "pesq", "stoi"}
+    assert len(written) == len(view)

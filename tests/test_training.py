@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,14 @@ import torch
 import yaml
 
 from fake_corpus import make_corpus
-from kboost.dataset import MixtureDataset
+from kboost.dataset import EpochView, MixtureDataset
+from kboost.distributed import Runtime
+from kboost.live_log import LiveLog
 from kboost.mixtures import synthesize_task
 from kboost.models import BoostedPair, GridNetSize, TFGridNet
 from kboost.models.checkpoint import read_checkpoint, save_checkpoint
-from kboost.training import EpochView, Trainer, TrainingError, TrainSettings
+from kboost.run_store import RunStore
+from kboost.training import Trainer, TrainingError, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GridNetSize(emb_dim=4, hidden=4, blocks=2)
@@ -60,6 +64,27 @@ def test_epoch_view_is_a_pure_function_of_seed_and_epoch(mixtures):
     assert [x["id"] for x in other] != [x["id"] for x in a] or not torch.equal(other[0]["mixture"], a[0]["mixture"])
     shards = [EpochView(data, 1, 3, None, rank, 2) for rank in (0, 1)]
     assert sorted(x["id"] for s in shards for x in s) == sorted(x["id"] for x in a)
+
+
+def test_run_store_fingerprint_ignores_only_the_epoch_count_and_loader_workers(tmp_path):
+    def stored(**kw):
+        return RunStore(tmp_path, {"test": True}, asdict(_settings(**kw)), Runtime(torch.device("cpu"))).meta
+
+    assert stored()["processes"] == 1 and stored()["test"] is True
+    assert stored()["fingerprint"] == stored(epochs=5, loader_workers=3)["fingerprint"]
+    assert stored()["fingerprint"] != stored(lr=2e-3)["fingerprint"]
+
+
+def test_live_log_is_rewritten_from_the_history(tmp_path):
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_si_snri": float(e), "lr": 1e-3, "seconds": 9.0} for e in (1, 2)]
+    log = LiveLog(tmp_path / "live")
+    log.write(rows)
+    log.write(rows[:1])  # e.g. a shorter run retraining from scratch: no trace of epoch 2 remains
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == \
+        {"train_loss": 1.0, "val_si_snri": 1.0, "lr": 1e-3, "step": 1}
+    tsv = (tmp_path / "live" / "plots" / "metrics" / "val_si_snri.tsv").read_text().splitlines()
+    assert len(tsv) == 2 and not (tmp_path / "live" / "plots" / "metrics" / "seconds.tsv").exists()
+    LiveLog(None).write(rows)  # no log asked for: nothing written, no error
 
 
 def test_training_is_deterministic_and_logs_history(mixtures, tmp_path):
@@ -184,7 +209,8 @@ def test_boosted_pair_trains_the_large_model_through_the_small_loss(mixtures, tm
 
 def _stage(repo: Path, *extra, env=None):
     command = [sys.executable, str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
-               "--out", "data/models/ss/small", "--live", "metrics/train/ss/small", "--no-progress", *extra]
+               "--data", "data/mixtures/ss", "--out", "data/models/ss/small", "--live", "metrics/train/ss/small",
+               "--no-progress", *extra]
     return subprocess.run(command, cwd=repo, env={**os.environ, **(env or {})}, capture_output=True, text=True)
 
 
@@ -276,7 +302,7 @@ def test_killing_the_launcher_leaves_no_worker_behind(mixtures, tmp_path):
     params["profiles"]["smoke"]["train"]["epochs"].update(small=1000, medium=1001)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, str(ROOT / "pipeline" / "train.py"), "--task", "ss", "--model", "small",
-               "--out", "data/models/ss/small", "--no-progress"]
+               "--data", "data/mixtures/ss", "--out", "data/models/ss/small", "--no-progress"]
     launcher = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import KboostError
+from .tasks import NAMES as TASK_NAMES, get_task
 
 ENGINES = ("compiled", "torch")
 TASK_HELP = "se: speech enhancement, ss: two-speaker separation, tse: target speech extraction"
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--random-init", action="store_true",
                         help="use untrained weights (seeded by --seed): for speed measurements "
                              "and smoke tests; the output is not meaningful audio")
-    source.add_argument("--task", choices=["se", "ss", "tse"],
+    source.add_argument("--task", choices=TASK_NAMES,
                         help=f"with --random-init (required there): {TASK_HELP}")
     source.add_argument("--model", choices=["small", "medium", "large", "boosted"],
                         help="with --random-init: paper size (small D16/H16/B3, medium D26/H18/B3, "
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
               kboost import-authors B6-SS.ckpt ss-boosted-d6.pt --delay 6"""))
     convert.add_argument("source", metavar="AUTHORS.ckpt", type=Path, help="the authors' checkpoint")
     convert.add_argument("output", metavar="OUT.pt", type=Path, help="where to write our checkpoint")
-    convert.add_argument("--task", choices=["se", "ss", "tse"],
+    convert.add_argument("--task", choices=TASK_NAMES,
                          help="the model's task (default: read off the tensors: speaker conditioning "
                               "= tse, 4 complex outputs = ss, 2 = se)")
     convert.add_argument("--delay", type=_non_negative, metavar="N",
@@ -222,7 +223,7 @@ def _embedding_from_args(args, task: str):
     from .audio import read_audio
     from .models.gridnet import EMBEDDING_DIM
 
-    if task != "tse":
+    if not get_task(task).needs_embedding:
         if args.enrol is not None or args.embedding is not None:
             raise CliError(f"--enrol / --embedding apply to target speech extraction only; "
                            f"this model's task is {task}")

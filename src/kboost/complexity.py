@@ -30,6 +30,7 @@ from .models.frontend import HOP, SAMPLE_RATE, StftFrontEnd
 from .models.gridnet import EMBEDDING_DIM, MICS
 from .models.fast_lstm import FastLSTM
 from .models.layers import CausalConvTranspose2d, HeadNorm, HeadPReLU, LocalAttention, StreamingLSTM
+from .tasks import get_task
 
 CHUNKS_PER_SECOND = SAMPLE_RATE // HOP  # 125
 WARMUP_CHUNKS = 60
@@ -194,7 +195,7 @@ def _warmup_for(*models: nn.Module, delay: int = 0) -> int:
 
 def _inputs(task: str, seed: int):
     generator = torch.Generator().manual_seed(seed)
-    embedding = torch.randn(1, EMBEDDING_DIM, generator=generator) if task == "tse" else None
+    embedding = torch.randn(1, EMBEDDING_DIM, generator=generator) if get_task(task).needs_embedding else None
     return generator, embedding
 
 

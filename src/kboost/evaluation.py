@@ -27,7 +27,8 @@ from .models.fast_lstm import set_enabled as use_fast_lstm
 from .memory import retain_freed_memory
 from .parallel import limit_threads, map_ordered
 from .params import active_profile, load_params
-from .runs import MIXTURES_DIR, best_epoch, eval_paths
+from .runs import best_epoch
+from .tasks import get_task
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
 MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
@@ -69,7 +70,7 @@ def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool)
     time (its kernels release the GIL); TSE compiles the target's embedding into each engine."""
     from .streaming import compile_model
 
-    shared = None if pair.task == "tse" else compile_model(pair)
+    shared = None if get_task(pair.task).needs_embedding else compile_model(pair)
 
     def run(index: int):
         item = dataset[index]
@@ -165,19 +166,23 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the stage
-def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None,
-                         mixture_rows: str | None, progress: bool = True, paired_with: str | None = None) -> dict:
-    """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split;
-    write its per-utterance CSV and summary JSON; return the summary. ``paired_with``: a run of
-    the same task (e.g. medium) whose rows the summary is compared with utterance by utterance."""
+def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None, *,
+                         data_dir: str | Path, rows_path: str | Path, summary_path: str | Path,
+                         mixture_rows: str | Path | None = None, paired_rows: str | Path | None = None,
+                         progress: bool = True) -> dict:
+    """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split of
+    ``data_dir``; write its per-utterance CSV to ``rows_path`` and summary JSON to ``summary_path``;
+    return the summary. ``mixture_rows``: the mixtures' scores (PESQ/STOI improvements);
+    ``paired_rows``: the rows of a run of the same task (e.g. medium.csv) the summary is compared
+    with utterance by utterance (named by the file's stem)."""
 
     params = load_params(params_path)
     use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
     prof = active_profile(params)["eval"]
     torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
     retain_freed_memory()
-    test_set = MixtureDataset(MIXTURES_DIR / task, "test", limit=prof["test_mixtures"])
-    rows_path, summary_path = eval_paths(task, name)
+    test_set = MixtureDataset(Path(data_dir), "test", limit=prof["test_mixtures"])
+    rows_path, summary_path = Path(rows_path), Path(summary_path)
     for path in (rows_path, summary_path):  # what a killed write of an earlier run left behind
         remove_stale_temporaries(path)
     summary = {"task": task, "run": name, "profile": params["profile"], "split": "test"}
@@ -197,9 +202,9 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
             mixture = pd.read_csv(mixture_rows).set_index("mixture_id")[["pesq", "stoi"]]
             rows = rows.join(mixture.add_suffix("_mixture"), on="mixture_id")
         summary.update(summarise(rows, SUMMARY_METRICS))
-        if paired_with is not None:
-            reference = pd.read_csv(eval_paths(task, paired_with)[0])
-            summary["paired"] = paired_difference(rows, reference, paired_with)
+        if paired_rows is not None:
+            reference = pd.read_csv(paired_rows)
+            summary["paired"] = paired_difference(rows, reference, Path(paired_rows).stem)
         device = [model.small, model.merges] if info.kind == "boosted" else [model]
         history = info.meta.get("history")
         summary.update(kind=info.kind, delay=info.delay, compression=info.compression,

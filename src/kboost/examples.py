@@ -15,7 +15,7 @@ import torch
 from .audio import write_audio
 from .dataset import MixtureDataset
 from .evaluation import estimate
-from .runs import MIXTURES_DIR, VANILLA, checkpoint_path, run_name
+from .runs import MIXTURES_DIR, MODELS_DIR, Run, study_runs
 from .fsutil import atomic_dir, write_json
 from .metrics import match_permutation, score_pairs
 from .models.checkpoint import load_checkpoint
@@ -29,18 +29,20 @@ def _write(path: Path, audio: np.ndarray, rate: int) -> None:
     write_audio(path, scaled.astype(np.float32), rate, subtype="PCM_16")
 
 
-def example_runs(params: dict) -> list[str]:
-    compression = int(params["model"]["compression"])
-    return [*VANILLA, *(run_name("boosted", int(d), compression, compression) for d in sorted(params["delays"]))]
+def example_runs(params: dict, task: str) -> list[Run]:
+    """The runs a task's example goes through: the vanilla models and the main boosted pairs."""
+    return [run for run in study_runs(params) if run.task == task and run.kind in ("vanilla", "boosted")]
 
 
-def render_examples(params: dict, out_dir: str | Path, index: int = 0) -> dict:
-    """Write the examples of test mixture ``index`` of every task; return the manifest."""
+def render_examples(params: dict, out_dir: str | Path, index: int = 0, *, data_root: str | Path = MIXTURES_DIR,
+                    models_root: str | Path = MODELS_DIR) -> dict:
+    """Write the examples of test mixture ``index`` of every task (mixtures under ``data_root``,
+    checkpoints under ``models_root``); return the manifest."""
     torch.manual_seed(0)
     manifest: dict = {"index": index, "tasks": {}}
     with atomic_dir(out_dir) as tmp:
         for task in params["tasks"]:
-            data = MixtureDataset(MIXTURES_DIR / task, "test")
+            data = MixtureDataset(Path(data_root) / task, "test")
             subset = torch.utils.data.Subset(data, [index])
             item = data[index]
             rate = data.sample_rate
@@ -54,8 +56,9 @@ def render_examples(params: dict, out_dir: str | Path, index: int = 0) -> dict:
                 _write(tmp / name, targets[source], rate)
                 entry["files"]["target"].append(name)
             entry["si_sdr"] = {}
-            for run in example_runs(params):
-                model, _ = load_checkpoint(checkpoint_path(task, run))
+            for example in example_runs(params, task):
+                run = example.name
+                model, _ = load_checkpoint(example.checkpoint(models_root))
                 output = estimate(model, subset, batch_size=1, progress=False)[item["id"]]
                 output = match_permutation(output, targets)
                 entry["files"][run] = []

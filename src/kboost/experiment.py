@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .models import GridNetSize
-from .runs import MIXTURES_DIR, run_name, training_epochs
+from .runs import run_name, training_epochs
 from .training import TrainSettings
 
 
@@ -31,20 +31,20 @@ def train_settings(params: dict, task: str, model: str) -> TrainSettings:
 
 
 # ------------------------------------------------------------------------------ training
-def train_from_params(params_path: str, task: str, model: str, out_dir: str, live_dir: str | None, *,
-                      delay: int | None = None, compression: int | None = None,
+def train_from_params(params_path: str, task: str, model: str, data_dir: str, out_dir: str,
+                      live_dir: str | None, *, delay: int | None = None, compression: int | None = None,
                       large_checkpoint: str | None = None, small_checkpoint: str | None = None,
                       progress: bool = True) -> dict:
-    """Train one run of the study as params.yaml describes it; returns the training summary.
+    """Train one run of the study as params.yaml describes it, on the mixtures in ``data_dir``,
+    writing checkpoints to ``out_dir`` and the DVCLive log to ``live_dir``; returns the training summary.
 
     A boosted run starts its large model from ``large_checkpoint`` and, with the profile's
     ``boosted_init: small``, its small model from ``small_checkpoint`` (merge modules adding
     nothing at first, so the pair starts exactly at the vanilla small model's output)."""
     import torch
-    import yaml
 
     from .dataset import MixtureDataset
-    from .fsutil import atomic_file, file_digest, remove_temporaries_in
+    from .fsutil import file_digest, remove_temporaries_in
     from .models.checkpoint import build_boosted, build_vanilla
     from .models.fast_lstm import set_enabled as use_fast_lstm
     from .params import ParamsError, active_profile, load_params
@@ -78,7 +78,7 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     else:
         net = build_vanilla(task, sizes[model])
 
-    data_dir = MIXTURES_DIR / task
+    data_dir = Path(data_dir)
     train_set = MixtureDataset(data_dir, "train")
     val_set = MixtureDataset(data_dir, "val", limit=limits["val_mixtures"])
     name = run_name(model, delay, compression or main_compression, main_compression)
@@ -100,9 +100,8 @@ def train_from_params(params_path: str, task: str, model: str, out_dir: str, liv
     trainer = Trainer(net, task, train_set, val_set, settings, out, live_dir, meta, progress=progress)
     summary = trainer.fit()
     if trainer.rt.main:
-        resolved = {"run": meta, "settings": settings.__dict__, "summary": summary, "seed": params["seed"]}
-        with atomic_file(out / "params.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
+        trainer.store.write_resolved_params(
+            {"run": meta, "settings": settings.__dict__, "summary": summary, "seed": params["seed"]})
     return summary
 
 

@@ -33,9 +33,9 @@ from . import speaker
 from .audio import AudioError, quantize_pcm16, read_audio, write_audio
 from .fsutil import atomic_dir, remove_stale_temporaries, write_json
 from .parallel import map_ordered
-from .params import SPLITS, TASKS
+from .params import SPLITS
 from .sources.layout import read_index
-from .tasks import STEMS, TALKERS, TARGETS
+from .tasks import NAMES as TASKS, TASKS as TASK_FACTS
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,11 @@ def plan_split(
     responses = corpus.responses[
         (corpus.responses["split"] == split) & corpus.responses["set"].isin(response_sets)
     ]
-    n_talkers = len(TALKERS[task])
+    n_talkers = len(TASK_FACTS[task].talkers)
     utterances = {spk: group.reset_index(drop=True) for spk, group in speech.groupby("speaker_id", sort=True)}
     speakers = sorted(utterances)
-    if task == "tse":
+    enrols = TASK_FACTS[task].needs_embedding  # the target's d-vector comes from another utterance
+    if enrols:
         # The target needs a second utterance for enrolment.
         target_pool = [s for s in speakers if len(utterances[s]) >= 2]
     else:
@@ -156,7 +157,7 @@ def plan_split(
                 candidates = [max(others, key=lambda j: _angle_between(azimuths[j], azimuths[first_response]))]
             picked.append(candidates[rng.integers(len(candidates))])
         level = rng.uniform(*data_cfg["level_dbfs"])
-        for k, (stem, spk) in enumerate(zip(TALKERS[task], chosen), start=1):
+        for k, (stem, spk) in enumerate(zip(TASK_FACTS[task].talkers, chosen), start=1):
             utts = utterances[spk]
             u = int(rng.integers(len(utts)))
             # Index durations are rounded; keep one sample of margin so the segment always fits.
@@ -175,7 +176,7 @@ def plan_split(
                 f"t{k}_azimuth_deg": float(resp["azimuth_deg"]), f"t{k}_elevation_deg": float(resp["elevation_deg"]),
                 f"t{k}_distance_m": float(resp["distance_m"]), f"t{k}_level_dbfs": level + offset,
             })
-            if task == "tse" and k == 1:
+            if enrols and k == 1:
                 enrol = [j for j in range(len(utts)) if j != u]
                 e = enrol[rng.integers(len(enrol))]
                 row["enrol_utt_id"] = utts.loc[e, "utt_id"]
@@ -189,7 +190,7 @@ def plan_split(
             "noise_start": int(rng.integers(max(1, noise_len - clip + 1))),
             "snr_db": rng.uniform(*settings["snr"]),
         })
-        for stem in STEMS[task]:
+        for stem in TASK_FACTS[task].stems:
             row[f"path_{stem}"] = f"{stem}/{row['mixture_id']}.flac"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -240,7 +241,7 @@ def render_mixture(job: tuple[dict, dict, str, float]) -> dict:
     """Write one planned mixture's stems; return the gains actually applied."""
     row, roots, split_dir, peak_limit = job
     task = row["task"]
-    images = [_talker_image(row, k, roots) for k in range(1, len(TALKERS[task]) + 1)]
+    images = [_talker_image(row, k, roots) for k in range(1, len(TASK_FACTS[task].talkers) + 1)]
     speech = np.sum(images, axis=0)
     noise = _noise_segment(row, roots)
     noise_rms = _rms(noise)
@@ -251,7 +252,7 @@ def render_mixture(job: tuple[dict, dict, str, float]) -> dict:
     stems = [quantize_pcm16(x * scale) for x in images] + [quantize_pcm16(noise * scale)]
     mix = np.sum(stems, axis=0, dtype=np.float64).astype(np.float32)  # exact: all on the 16-bit grid
     split_dir = Path(split_dir)
-    for stem, audio in zip(STEMS[task], [mix] + stems):
+    for stem, audio in zip(TASK_FACTS[task].stems, [mix] + stems):
         write_audio(split_dir / row[f"path_{stem}"], audio, row["sample_rate"], subtype="PCM_16")
     return {"scale": scale, "peak": float(np.max(np.abs(mix)))}
 
@@ -275,19 +276,19 @@ def synthesize_task(
     remove_stale_temporaries(out_dir)  # leftovers of a killed earlier run
     workers = pdata["workers"]
     summary = {"task": task, "seed": params["seed"], "clip_seconds": pdata["clip_seconds"],
-               "sample_rate": data_cfg["sample_rate"], "stems": list(STEMS[task]),
-               "targets": list(TARGETS[task]), "splits": {}}
+               "sample_rate": data_cfg["sample_rate"], "stems": list(TASK_FACTS[task].stems),
+               "targets": list(TASK_FACTS[task].targets), "splits": {}}
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             plan = plan_split(corpus, task, split, pdata["mixtures"][split], pdata["clip_seconds"],
                               data_cfg, pdata["response_sets"], params["seed"])
             split_dir = tmp / split
-            for stem in STEMS[task]:
+            for stem in TASK_FACTS[task].stems:
                 (split_dir / stem).mkdir(parents=True)
             jobs = [(row, corpus.roots, str(split_dir), data_cfg["peak_limit"]) for row in plan.to_dict("records")]
             rendered = map_ordered(render_mixture, jobs, workers, desc=f"{task}/{split} mixtures", unit="mix")
             manifest = pd.concat([plan, pd.DataFrame(rendered)], axis=1)
-            if task == "tse":
+            if TASK_FACTS[task].needs_embedding:
                 files = sorted(set(manifest["enrol_file"]))
                 jobs = [(str(Path(corpus.roots["speech"]) / f), data_cfg["sample_rate"]) for f in files]
                 vectors = map_ordered(_embed_file, jobs, workers, desc=f"{task}/{split} d-vectors", unit="utt")

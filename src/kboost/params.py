@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from .errors import KboostError
+from .tasks import NAMES as TASKS
 
-TASKS = ("se", "ss", "tse")
 SPLITS = ("train", "val", "test")
 SOURCES = {
     "speech": ("embedded", "librispeech"),

@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from .errors import KboostError
-from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, clips_before, clips_per_epoch, run_name
+from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch, run_name, study_runs
+from .tasks import TASKS
 
-TASK_NAMES = {"se": "SE", "ss": "SS", "tse": "TSE"}
 CHUNK_MS = 8
 
 
@@ -36,30 +36,18 @@ class Table:
 
 
 # ------------------------------------------------------------------------------ inputs
-def _stage_for(task: str, run: str) -> str:
-    if run == "mixture":
-        return f"score_mixtures@{task}"
-    if run in VANILLA:
-        return f"evaluate_vanilla@{task}-{run}"
-    parts = run.split("-")  # boosted-d<C>[-p<P>]
-    delay = parts[1][1:]
-    if len(parts) == 3:
-        return f"evaluate_ablation@{parts[2][1:]}-{delay}"
-    return f"evaluate_boosted@{task}-{delay}"
-
-
-def load_summary(task: str, run: str, root: Path = Path(".")) -> dict:
-    path = root / EVAL_METRICS_DIR / task / f"{run}.json"
+def load_summary(task: str, run: str, eval_dir: Path = EVAL_METRICS_DIR) -> dict:
+    stage = Run.parse(task, run).eval_stage
+    path = Run.parse(task, run).eval_summary(eval_dir)
     if not path.is_file():
-        raise ReportError(f"{path}: missing; run `dvc repro {_stage_for(task, run)}` first")
+        raise ReportError(f"{path}: missing; run `dvc repro {stage}` first")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc}); rerun `dvc repro -f {_stage_for(task, run)}`") from exc
+        raise ReportError(f"{path}: not valid JSON ({exc}); rerun `dvc repro -f {stage}`") from exc
 
 
-def load_macs(root: Path = Path(".")) -> dict:
-    path = root / "metrics" / "macs.json"
+def load_macs(path: Path = Path("metrics/macs.json")) -> dict:
     if not path.is_file():
         raise ReportError(f"{path}: missing; run `dvc repro macs` first")
     return json.loads(path.read_text())
@@ -97,20 +85,24 @@ def signed(value: float | None, digits: int = 2) -> str:
 class Study:
     """The metrics of one run of the pipeline, as params.yaml describes it."""
 
-    def __init__(self, params: dict, root: Path = Path(".")):
-        self.params, self.root = params, root
+    def __init__(self, params: dict, root: Path = Path("."), *, eval_dir: Path | None = None,
+                 train_dir: Path | None = None, macs_path: Path | None = None):
+        """Metrics under ``root`` where dvc.yaml puts them, or at the paths given."""
+        self.params = params
+        self.eval_dir = Path(eval_dir) if eval_dir is not None else root / EVAL_METRICS_DIR
+        self.train_dir = Path(train_dir) if train_dir is not None else root / TRAIN_METRICS_DIR
         self.tasks = list(params["tasks"])
         self.delay = int(params["delay"])
         self.delays = sorted(int(d) for d in params["delays"])
         self.compression = int(params["model"]["compression"])
         self.ablation = params["ablation"]
-        self.macs = load_macs(root)
+        self.macs = load_macs(Path(macs_path) if macs_path is not None else root / "metrics" / "macs.json")
         self._cache: dict[tuple[str, str], dict] = {}
 
     def summary(self, task: str, run: str) -> dict:
         key = (task, run)
         if key not in self._cache:
-            self._cache[key] = load_summary(task, run, self.root)
+            self._cache[key] = load_summary(task, run, self.eval_dir)
         return self._cache[key]
 
     def boosted(self, delay: int, compression: int | None = None) -> str:
@@ -137,7 +129,7 @@ def main_table(study: Study) -> Table:
             summary = study.summary(task, run)
             macs = study.device_macs(task, run)
             name = label.get(run, f"boosted small (delay {study.delay})")
-            table.rows.append([TASK_NAMES[task], name, with_ci(summary, "si_sdri"), with_ci(summary, "pesq"),
+            table.rows.append([TASKS[task].label, name, with_ci(summary, "si_sdri"), with_ci(summary, "pesq"),
                                with_ci(summary, "stoi", 3), f"{macs['params']:,}", millions(macs["macs_per_chunk"]),
                                millions(macs["macs_per_second"])])
     return table
@@ -161,11 +153,11 @@ def delay_table(study: Study) -> Table:
                   ["task", "model", "delay (chunks)", "delay (ms)", "SI-SDRi (dB)", "gain over medium (dB)"])
     for task in study.tasks:
         for run in VANILLA:
-            table.rows.append([TASK_NAMES[task], f"{run} (vanilla)", "-", "-", with_ci(study.summary(task, run), "si_sdri"),
+            table.rows.append([TASKS[task].label, f"{run} (vanilla)", "-", "-", with_ci(study.summary(task, run), "si_sdri"),
                                "-" if run != "medium" else signed(0.0)])
         for delay in study.delays:
             summary = study.summary(task, study.boosted(delay))
-            table.rows.append([TASK_NAMES[task], "boosted small", str(delay), str(delay * CHUNK_MS),
+            table.rows.append([TASKS[task].label, "boosted small", str(delay), str(delay * CHUNK_MS),
                                with_ci(summary, "si_sdri"), paired_gain(summary)])
     return table
 
@@ -199,7 +191,7 @@ def complexity_table(study: Study) -> Table:
                 return f"{models[key]['params']:,} p / {millions(models[key]['macs_per_chunk'])}"
 
             reduction = study.macs["reduction_macs_per_chunk"][scale][task]
-            table.rows.append([label, TASK_NAMES[task], cell("small"), cell("medium"), cell("boosted_small"),
+            table.rows.append([label, TASKS[task].label, cell("small"), cell("medium"), cell("boosted_small"),
                                cell("remote_total"), millions(reduction),
                                millions(paper[task]) if task in paper else "n/a"])
     table.notes.extend(_convention_notes(study.macs["convention"]))
@@ -235,14 +227,14 @@ def paper_vs_run_table(study: Study, reported: dict) -> Table:
             ours = study.si_sdri(task, study.boosted(delay)) - study.si_sdri(task, "medium")
         except (ReportError, TypeError):
             ours = None
-        table.rows.append([f"SI-SDR gain, boosted small over medium, delay {delay * CHUNK_MS} ms (dB)", TASK_NAMES[task],
+        table.rows.append([f"SI-SDR gain, boosted small over medium, delay {delay * CHUNK_MS} ms (dB)", TASKS[task].label,
                            signed(paper_value), signed(ours),
                            signed(None if ours is None or paper_value is None else ours - paper_value), gain["source"]])
     reduction = reported["mac_reduction_per_chunk"]
     for task in study.tasks:
         ours = study.macs["reduction_macs_per_chunk"]["paper_sizes"][task]
         paper_value = reduction["values"].get(task)
-        table.rows.append(["MACs per chunk saved, boosted small vs medium, paper sizes (M)", TASK_NAMES[task],
+        table.rows.append(["MACs per chunk saved, boosted small vs medium, paper sizes (M)", TASKS[task].label,
                            fmt(paper_value / 1e6), fmt(ours / 1e6), signed((ours - paper_value) / 1e6),
                            reduction["source"]])
     params = reported["parameters_ss"]
@@ -266,6 +258,44 @@ def all_tables(study: Study, reported: dict) -> list[Table]:
     return [t for t in tables if t is not None]
 
 
+# -------------------------------------------------------------------------- metrics view
+def results_view(study: Study, reported: dict) -> dict[Run, dict]:
+    """The few numbers per trained run that `dvc metrics show` lists (one file per run, so the
+    path says which model and delay): test SI-SDRi, PESQ, STOI; for a boosted pair its paired gain
+    over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain)."""
+    gain = reported["si_sdr_gain_over_same_size_db"]
+    view = {}
+    for run in study_runs(study.params):
+        if run.kind == "mixture":
+            continue
+        summary = study.summary(run.task, run.name)
+        mean = summary["mean"]
+        row = {"si_sdri": _rounded(mean.get("si_sdri"), 2), "pesq": _rounded(mean.get("pesq"), 2),
+               "stoi": _rounded(mean.get("stoi"), 3)}
+        if run.kind != "vanilla":
+            row["gain"] = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
+        if run.kind == "boosted" and run.delay == int(gain["delay_chunks"]) and run.task in gain["values"]:
+            row["paper_gain"] = gain["values"][run.task]
+        view[run] = row
+    return view
+
+
+def _rounded(value, digits: int):
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def write_results(view: dict[Run, dict], out_dir: Path) -> list[Path]:
+    """One small JSON per run under ``out_dir`` (<task>/<run>.json)."""
+    from .fsutil import write_json
+
+    written = []
+    for run, row in view.items():
+        path = run.result(out_dir)
+        write_json(path, row)
+        written.append(path)
+    return written
+
+
 # -------------------------------------------------------------------------------- figures
 def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Validation SI-SNRi from the DVCLive logs against the training clips the model had seen:
@@ -274,13 +304,15 @@ def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]
     per_epoch = clips_per_epoch(study.params)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for task in study.tasks:
-        for run in [*VANILLA, *(study.boosted(d) for d in study.delays)]:
-            path = study.root / TRAIN_METRICS_DIR / task / run / "plots" / "metrics" / "val_si_snri.tsv"
+        for run in study_runs(study.params):
+            if run.task != task or run.kind not in ("vanilla", "boosted"):
+                continue
+            path = run.live_dir(study.train_dir) / "plots" / "metrics" / "val_si_snri.tsv"
             if not path.is_file():
                 continue
-            offset = clips_before(study.params, task, "boosted" if run.startswith("boosted") else run)
+            offset = clips_before(study.params, task, run.model)
             lines = path.read_text().strip().splitlines()[1:]
-            curves.setdefault(task, {})[run] = [(offset + int(a) * per_epoch, float(b))
+            curves.setdefault(task, {})[run.name] = [(offset + int(a) * per_epoch, float(b))
                                                 for a, b in (line.split("\t")[:2] for line in lines)]
     return curves
 
@@ -367,7 +399,7 @@ def figure_delay(study: Study, out_dir: Path) -> list[Path]:
         ax.errorbar(ms, values, yerr=errors, marker="o", color="tab:blue", capsize=3, label="boosted small")
         for run, (colour, dash) in styles.items():
             ax.axhline(study.si_sdri(task, run), color=colour, linestyle=dash, label=f"{run} (vanilla)")
-        ax.set_title(TASK_NAMES[task])
+        ax.set_title(TASKS[task].label)
         ax.set_xlabel("delay (ms)")
         ax.set_xticks(ms)
         ax.grid(alpha=0.3)
@@ -382,7 +414,7 @@ def figure_gain_vs_gap(study: Study, out_dir: Path) -> list[Path]:
         gap = study.si_sdri(task, "large") - study.si_sdri(task, "small")
         gain = study.si_sdri(task, study.boosted(study.delay)) - study.si_sdri(task, "medium")
         ax.scatter([gap], [gain], s=30)
-        ax.annotate(TASK_NAMES[task], (gap, gain), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(TASKS[task].label, (gap, gain), textcoords="offset points", xytext=(4, 4))
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("large minus small, SI-SDRi (dB)")
     ax.set_ylabel(f"boosted small minus medium (dB)\nat {study.delay * CHUNK_MS} ms delay")
@@ -403,7 +435,7 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
     for ax, (task, runs) in zip(axes[0], curves.items()):
         for run, points in runs.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run)
-        ax.set_title(TASK_NAMES[task])
+        ax.set_title(TASKS[task].label)
         ax.set_xlabel("training clips seen")
         ax.grid(alpha=0.3)
     return _finish(plt, fig, axes[0], "validation SI-SNRi (dB)", 6, out_dir, "training_curves")
@@ -435,7 +467,7 @@ def render_page(study: Study, tables: list[Table], figures: list[Path], reported
     html = template_environment(templates).get_template("index.html.j2").render(
         paper=reported.get("paper", ""), profile=profile, sources=study.params["profiles"][profile]["data"]["sources"],
         delay=study.delay, delays=study.delays, tables=tables, figures=shown, examples=examples,
-        task_names=TASK_NAMES)
+        task_names={name: task.label for name, task in TASKS.items()})
     path = out_dir / "index.html"
     with atomic_file(path) as tmp:
         tmp.write_text(html)

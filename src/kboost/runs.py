@@ -1,11 +1,18 @@
-"""The runs of a study and where their files live (torch-free: the report reads these too).
+"""The runs of a study, their DVC stages and where their files live (torch-free: the report and the
+stage scripts read it too). One place for what dvc.yaml spells out per stage:
 
-    vanilla       <task>/<small|medium|large>
-    boosted       <task>/boosted-d<delay>            (P = model.compression)
-    ablation      <task>/boosted-d<delay>-p<P>        (compression ablation)
+    kind       name                     trained by                 evaluated by
+    mixture    mixture                  -                          score_mixtures@<task>
+    vanilla    small | medium | large   train_vanilla@<task>-<m>   evaluate_vanilla@<task>-<m>
+    boosted    boosted-d<C>             train_boosted@<task>-<C>   evaluate_boosted@<task>-<C>
+    ablation   boosted-d<C>-p<P>        train_ablation@<P>-<C>     evaluate_ablation@<P>-<C>  (SS)
+
+(P = model.compression for the main boosted runs; an ablation run has another P.)
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 VANILLA = ("small", "medium", "large")
@@ -14,6 +21,9 @@ MIXTURES_DIR = Path("data/mixtures")
 EVAL_ROWS_DIR = Path("data/eval")
 EVAL_METRICS_DIR = Path("metrics/eval")
 TRAIN_METRICS_DIR = Path("metrics/train")
+RESULTS_DIR = Path("metrics/results")     # the compact view `dvc metrics show` prints
+ABLATION_TASK = "ss"
+_BOOSTED_NAME = re.compile(r"boosted-d(\d+)(?:-p(\d+))?")
 
 
 def run_name(model: str, delay: int | None = None, compression: int = 1, main_compression: int = 1) -> str:
@@ -26,13 +36,91 @@ def run_name(model: str, delay: int | None = None, compression: int = 1, main_co
     return f"boosted-d{delay}" + ("" if compression == main_compression else f"-p{compression}")
 
 
-def checkpoint_path(task: str, name: str, which: str = "best.pt") -> Path:
-    return MODELS_DIR / task / name / which
+@dataclass(frozen=True)
+class Run:
+    """One run of the study: what it is, which stages make it, which files it has."""
+
+    task: str
+    name: str
+    kind: str                        # mixture, vanilla, boosted or ablation
+    delay: int | None = None
+    compression: int | None = None
+
+    @classmethod
+    def parse(cls, task: str, name: str, main_compression: int = 1) -> "Run":
+        """The run of ``task`` called ``name`` (mixture, a vanilla size, boosted-d<C>[-p<P>])."""
+        if name == "mixture":
+            return cls(task, name, "mixture")
+        if name in VANILLA:
+            return cls(task, name, "vanilla")
+        match = _BOOSTED_NAME.fullmatch(name)
+        if match is None:
+            raise ValueError(f"unknown run {name!r}: expected mixture, {', '.join(VANILLA)} or boosted-d<C>[-p<P>]")
+        delay, compression = int(match[1]), match[2]
+        if compression is None:
+            return cls(task, name, "boosted", delay, main_compression)
+        return cls(task, name, "ablation", delay, int(compression))
+
+    @property
+    def model(self) -> str | None:
+        """The model trained: small, medium, large or boosted (None for the mixtures)."""
+        return {"mixture": None, "vanilla": self.name}.get(self.kind, "boosted")
+
+    @property
+    def train_stage(self) -> str | None:
+        return {"mixture": None,
+                "vanilla": f"train_vanilla@{self.task}-{self.name}",
+                "boosted": f"train_boosted@{self.task}-{self.delay}",
+                "ablation": f"train_ablation@{self.compression}-{self.delay}"}[self.kind]
+
+    @property
+    def eval_stage(self) -> str:
+        return {"mixture": f"score_mixtures@{self.task}",
+                "vanilla": f"evaluate_vanilla@{self.task}-{self.name}",
+                "boosted": f"evaluate_boosted@{self.task}-{self.delay}",
+                "ablation": f"evaluate_ablation@{self.compression}-{self.delay}"}[self.kind]
+
+    # Paths under a root (the default: where dvc.yaml puts them).
+    def checkpoint_dir(self, root: Path = MODELS_DIR) -> Path:
+        return Path(root) / self.task / self.name
+
+    def checkpoint(self, root: Path = MODELS_DIR) -> Path:
+        """The weights evaluation uses (best validation epoch)."""
+        return self.checkpoint_dir(root) / "best.pt"
+
+    def live_dir(self, root: Path = TRAIN_METRICS_DIR) -> Path:
+        """The run's DVCLive log."""
+        return Path(root) / self.task / self.name
+
+    def eval_rows(self, root: Path = EVAL_ROWS_DIR) -> Path:
+        """Per-utterance scores (CSV, DVC-cached)."""
+        return Path(root) / self.task / f"{self.name}.csv"
+
+    def eval_summary(self, root: Path = EVAL_METRICS_DIR) -> Path:
+        """Means, confidence half-widths, sizes of the evaluation (JSON, in git)."""
+        return Path(root) / self.task / f"{self.name}.json"
+
+    def result(self, root: Path = RESULTS_DIR) -> Path:
+        """The run's few headline numbers, as `dvc metrics show` lists them."""
+        return Path(root) / self.task / f"{self.name}.json"
 
 
-def eval_paths(task: str, name: str) -> tuple[Path, Path]:
-    """(per-utterance CSV, summary JSON) of a run, or of the mixtures themselves (name "mixture")."""
-    return EVAL_ROWS_DIR / task / f"{name}.csv", EVAL_METRICS_DIR / task / f"{name}.json"
+def study_runs(params: dict) -> list[Run]:
+    """Every run the active study makes, in pipeline order: per task the mixtures, the vanilla
+    models and the boosted pairs per delay, then the SS compression ablation."""
+    compression = int(params["model"]["compression"])
+    runs = []
+    for task in params["tasks"]:
+        runs.append(Run(task, "mixture", "mixture"))
+        runs.extend(Run(task, size, "vanilla") for size in VANILLA)
+        runs.extend(Run(task, run_name("boosted", int(d)), "boosted", int(d), compression)
+                    for d in sorted(params["delays"]))
+    if ABLATION_TASK in params["tasks"]:
+        for p in params["ablation"]["compressions"]:
+            for d in params["ablation"]["delays"]:
+                runs.append(Run(ABLATION_TASK, run_name("boosted", int(d), int(p), compression), "ablation",
+                                int(d), int(p)))
+    return runs
 
 
 def best_epoch(history: list[dict]) -> dict:

@@ -28,7 +28,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .models import HOP, LOOKAHEAD, N_FREQS, BoostedPair, TFGridNet
-from .models.gridnet import EMBEDDING_DIM, MICS, SOURCES, ModelInputError
+from .models.gridnet import EMBEDDING_DIM, MICS, ModelInputError
+from .tasks import get_task
 
 N_FFT = HOP + LOOKAHEAD
 # Exact-IEEE NaN/inf handling is kept; only reassociation and contraction (FMA) are allowed, so
@@ -580,7 +581,7 @@ def _check_chunk(chunk) -> np.ndarray:
 
 
 def _check_embedding(task: str, embedding) -> torch.Tensor | None:
-    if task != "tse":
+    if not get_task(task).needs_embedding:
         return None
     if embedding is None:
         raise ModelInputError("target speech extraction needs the target speaker's 256-d embedding")
@@ -622,7 +623,7 @@ class CompiledGridNet:
     def step(self, chunk, state: NetState) -> np.ndarray:
         """One chunk [2, 128] -> [sources, 2, 128]; the output lags the input by 64 samples."""
         out = self.run(_check_chunk(chunk), state)
-        return out.reshape(SOURCES[self.task], MICS, HOP)
+        return out.reshape(get_task(self.task).sources, MICS, HOP)
 
 
 _NO_HINT = np.zeros((N_FREQS, 1), np.float32)
@@ -680,7 +681,7 @@ class CompiledBoostedPair:
     def device_step(self, chunk, hint: np.ndarray, state: BoostedState) -> np.ndarray:
         """The device side for one chunk, given the hint that arrived now -> [sources, 2, 128]."""
         out = self.small.run(_check_chunk(chunk), state.small, hint, self.merges, state.merges)
-        return out.reshape(SOURCES[self.task], MICS, HOP)
+        return out.reshape(get_task(self.task).sources, MICS, HOP)
 
     def step(self, chunk, state: BoostedState, large_chunk=None) -> np.ndarray:
         sent = self.remote_step(chunk if large_chunk is None else large_chunk, state)

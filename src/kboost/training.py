@@ -6,10 +6,11 @@ returns the small model's output, so its loss is the small model's and the large
 trained through it.
 
 Resumable and deterministic: every epoch's shuffling and crops are a pure function of
-(seed, epoch), and ``last.pt`` holds the weights, the optimiser and scheduler state and the
-history after each epoch. A run killed at any point resumes from the last finished epoch and
-ends with the same weights and metrics as an uninterrupted run (on the CPU). A checkpoint is
-reused only if it was written for the same model, data and settings (its fingerprint).
+(seed, epoch) (:class:`kboost.dataset.EpochView`), and ``last.pt`` holds the weights, the
+optimiser and scheduler state and the history after each epoch. A run killed at any point
+resumes from the last finished epoch and ends with the same weights and metrics as an
+uninterrupted run (on the CPU). Checkpoints and when one is reused: :mod:`kboost.run_store`;
+the DVCLive log: :mod:`kboost.live_log`.
 
 Distributed: started under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel
 (NCCL on GPUs, Gloo on CPUs); ``batch_size`` is the global batch, split across processes;
@@ -18,33 +19,29 @@ only rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .dataset import collate
+from .dataset import EpochView, collate
 from .distributed import all_sum, barrier, runtime
 from .errors import KboostError
+from .live_log import LiveLog
 from .memory import retain_freed_memory
-from .models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .models.frontend import HOP, SAMPLE_RATE
 from .objectives import negative_si_sdr, pit_si_sdr, si_sdr
+from .run_store import RunStore
 from .runs import best_epoch
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
-
-BEST, LAST = "best.pt", "last.pt"
-_EPOCH_STREAM = 1_000_003  # spreads (seed, epoch) pairs over generator seeds
 
 
 class TrainingError(KboostError, RuntimeError):
@@ -77,35 +74,6 @@ class TrainSettings:
 
 
 # ------------------------------------------------------------------------------------ data
-class EpochView(Dataset):
-    """One epoch's order and crops of a MixtureDataset, drawn from (seed, epoch): the first
-    ``per_epoch`` mixtures of a fresh permutation (all by default), optionally only this
-    process's shard (``rank::world``)."""
-
-    def __init__(self, dataset: Dataset, seed: int, epoch: int, crop: int | None, rank: int = 0, world: int = 1,
-                 per_epoch: int | None = None):
-        generator = torch.Generator().manual_seed(seed + _EPOCH_STREAM * (epoch + 1))
-        order = torch.randperm(len(dataset), generator=generator)
-        self.starts = torch.randint(0, 2**31 - 1, (len(dataset),), generator=generator)[order]
-        self.order, self.crop = order, crop
-        count = len(dataset) if per_epoch is None else min(per_epoch, len(dataset))
-        self.positions = list(range(rank, count, world))
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, position: int) -> dict:
-        slot = self.positions[position]
-        item = self.dataset[int(self.order[slot])]
-        length = item["mixture"].shape[-1]
-        if self.crop is not None and self.crop < length:
-            start = int(self.starts[slot]) % (length - self.crop + 1)
-            item = dict(item, mixture=item["mixture"][..., start:start + self.crop],
-                        targets=item["targets"][..., start:start + self.crop])
-        return item
-
-
 def trim_to_chunks(batch: dict) -> dict:
     """Cut clips to a whole number of 8 ms chunks (the models' contract)."""
     length = batch["mixture"].shape[-1] // HOP * HOP
@@ -124,29 +92,13 @@ def _fault_injection(steps: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-# ----------------------------------------------------------------------------- fingerprint
-def code_digest() -> str:
-    """Hash of the kboost package's source: a checkpoint written by other code is not resumed
-    (DVC reruns a stage when its code changes, and the persisted last.pt must not survive that)."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def fingerprint(description: dict) -> str:
-    """A short hash of everything that determines a run (model, data, settings)."""
-    text = json.dumps(description, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------- trainer
 class Trainer:
     """Train ``model`` (a TFGridNet or a BoostedPair) on ``train_set``, validating on ``val_set``.
 
-    ``out_dir`` receives best.pt and last.pt; ``live_dir`` the DVCLive metrics and plots.
-    ``meta`` (JSON-able, e.g. resolved params) is stored in both checkpoints.
+    ``out_dir`` receives best.pt and last.pt (:class:`~kboost.run_store.RunStore`); ``live_dir``
+    the DVCLive metrics and plots (:class:`~kboost.live_log.LiveLog`; None: no log). ``meta``
+    (JSON-able, e.g. resolved params) is stored in both checkpoints.
     """
 
     def __init__(self, model: nn.Module, task: str, train_set: Dataset, val_set: Dataset,
@@ -154,8 +106,6 @@ class Trainer:
                  meta: dict, progress: bool = True):
         self.task, self.settings, self.progress = task, settings, progress
         self.train_set, self.val_set = train_set, val_set
-        self.out_dir = Path(out_dir)
-        self.live_dir = Path(live_dir) if live_dir is not None else None
         self.rt = runtime()
         if settings.batch_size % self.rt.world:
             raise TrainingError(f"batch_size {settings.batch_size} is not divisible by the "
@@ -165,11 +115,8 @@ class Trainer:
             if settings.threads:
                 torch.set_num_threads(settings.threads)
         self.model = model.to(self.rt.device)
-        self.meta = dict(meta, processes=self.rt.world)  # DDP splits batches: other numerics
-        # Everything but the epoch count: raising `epochs` continues a finished run, which gives
-        # the same result as training that long from the start (no schedule depends on it).
-        described = {k: v for k, v in asdict(settings).items() if k not in ("epochs", "loader_workers")}
-        self.meta["fingerprint"] = fingerprint({"meta": meta, "settings": described, "code": code_digest()})
+        self.store = RunStore(out_dir, meta, asdict(settings), self.rt)
+        self.live = LiveLog(live_dir)
         self.steps_taken = 0
         # fused: one kernel for all parameters instead of ~10 small ops each (the small model's
         # optimiser step takes half the time on the CPU; same update up to float32 rounding)
@@ -179,7 +126,7 @@ class Trainer:
             min_lr=settings.min_lr)
         self.history: list[dict] = []
         self.best = -math.inf
-        self.permutation_invariant = task == "ss"
+        self.permutation_invariant = get_task(task).permutation_invariant
         self.trained = self.model
         if self.rt.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -190,42 +137,9 @@ class Trainer:
     # ------------------------------------------------------------------------ checkpoints
     def resume(self) -> int:
         """Load ``last.pt`` if it belongs to this run; return the number of finished epochs."""
-        path = self.out_dir / LAST
-        if not path.is_file():
-            return 0
-        try:
-            payload = read_checkpoint(path)
-        except CheckpointError as exc:  # e.g. truncated by a full disk: set it aside, start afresh
-            barrier(self.rt)  # every process has tried to read it before the main one moves it
-            aside = path.parent.parent / f".{path.parent.name}.{LAST}.unreadable"
-            if self.rt.main:
-                os.replace(path, aside)
-                log.warning("%s; moved it to %s and training this run from scratch", exc, aside)
-            barrier(self.rt)
-            return 0
-        if payload["meta"].get("fingerprint") != self.meta["fingerprint"] or "training" not in payload:
-            log.info("%s was written for other settings or data; training from scratch", path)
-            return 0
-        if len(payload["meta"]["history"]) > self.settings.epochs:  # its extra epochs cannot be undone
-            log.info("%s holds %d epochs, more than the %d asked for; training from scratch",
-                     path, len(payload["meta"]["history"]), self.settings.epochs)
-            return 0
-        self.model.load_state_dict(payload["state_dict"])
-        state = payload["training"]
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.history = list(payload["meta"]["history"])
+        self.history = self.store.resume(self.model, self.optimiser, self.scheduler, self.settings.epochs)
         self.best = max((row["val_si_snri"] for row in self.history), default=-math.inf)
-        epochs = len(self.history)
-        log.info("resuming from %s after epoch %d of %d", path, epochs, self.settings.epochs)
-        return epochs
-
-    def _save(self, name: str, training: bool) -> None:
-        meta = dict(self.meta, history=self.history, epochs_done=len(self.history))
-        extra = None
-        if training:
-            extra = {"optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict()}
-        save_checkpoint(self.out_dir / name, self.model, meta, training=extra)
+        return len(self.history)
 
     # ----------------------------------------------------------------------------- epochs
     def _autocast(self):
@@ -308,8 +222,8 @@ class Trainer:
         s = self.settings
         done = self.resume()
         if self.rt.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._replay_live()
+            self.store.create()
+            self.live.write(self.history)
         for epoch in range(done, s.epochs):
             started = time.perf_counter()
             loss, throughput = self.train_epoch(epoch)
@@ -322,9 +236,9 @@ class Trainer:
             if self.rt.main:
                 if val > self.best:
                     self.best = val
-                    self._save(BEST, training=False)
-                self._save(LAST, training=True)
-                self._replay_live()
+                    self.store.save_best(self.model, self.history)
+                self.store.save_last(self.model, self.history, self.optimiser, self.scheduler)
+                self.live.write(self.history)
                 log.info("epoch %d/%d: loss %.3f, val SI-SNRi %.2f dB, lr %.2g, %.1f clips/s, %.0f s",
                          epoch + 1, s.epochs, loss, val, row["lr"], throughput, row["seconds"])
             barrier(self.rt)
@@ -337,21 +251,3 @@ class Trainer:
                 # Timings of the epochs this process ran or resumed past (they vary run to run).
                 "train_seconds": sum(row["seconds"] for row in self.history),
                 "clips_per_second": sum(row["clips_per_second"] for row in self.history) / len(self.history)}
-
-    def _replay_live(self) -> None:
-        """Rewrite the DVCLive log from the history, so a resumed run's log equals an
-        uninterrupted one's (no epoch logged twice or lost). Timings are kept out of the
-        plots: they differ between runs and would make logs differ."""
-        if self.live_dir is None:
-            return
-        from dvclive import Live
-
-        import shutil
-
-        shutil.rmtree(self.live_dir, ignore_errors=True)
-        with Live(str(self.live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-            for row in self.history:
-                live.step = row["epoch"]
-                for key in ("train_loss", "val_si_snri", "lr"):
-                    live.log_metric(key, row[key])
-                live.next_step()

@@ -28,7 +28,8 @@ import torch
 from .boosting import BoostedPair
 from .checkpoint import CheckpointError
 from .frontend import N_FREQS
-from .gridnet import OUTPUTS, GridNetSize, TFGridNet
+from ..tasks import TASKS
+from .gridnet import GridNetSize, TFGridNet
 
 ROOT_KEY = "tfgridnet.conv.0.weight"  # present once in a baseline, twice (small., big.) in a joint model
 AUTHORS_WINDOW = 50                   # local_atten_len and cross_attention_ctx_len of their configs
@@ -200,12 +201,13 @@ def _map_merges(m: _Mapping, prefix: str, merges: int) -> None:
 
 
 def _task(outputs: int, conditioned: bool, task: str | None, path) -> str:
-    found = "tse" if conditioned else {4: "ss", 2: "se"}.get(outputs)
+    matching = [t.name for t in TASKS.values() if t.output_channels == outputs and t.needs_embedding == conditioned]
+    found = matching[0] if len(matching) == 1 else None
     if task is None:
         if found is None:
             raise AuthorsCheckpointError(f"{path}: {outputs} complex outputs match no task; pass the task")
         return found
-    if task not in OUTPUTS or OUTPUTS[task] != outputs or (task == "tse") != conditioned:
+    if task not in TASKS or TASKS[task].output_channels != outputs or TASKS[task].needs_embedding != conditioned:
         raise AuthorsCheckpointError(f"{path}: the checkpoint is a model with {outputs} complex outputs"
                                      f"{' and speaker conditioning' if conditioned else ''}, not a {task} model")
     return task

@@ -32,7 +32,8 @@ from torch import nn
 from ..errors import KboostError
 from ..fsutil import atomic_file
 from .boosting import BoostedPair
-from .gridnet import OUTPUTS, GridNetSize, TFGridNet
+from ..tasks import NAMES as TASKS
+from .gridnet import GridNetSize, TFGridNet
 
 FORMAT = 1
 KINDS = ("vanilla", "boosted")
@@ -140,8 +141,8 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: checkpoint lacks field(s) {missing}")
     if payload["kind"] not in KINDS:
         raise CheckpointError(f"{path}: unknown model kind {payload['kind']!r}; expected one of {KINDS}")
-    if payload["task"] not in OUTPUTS:
-        raise CheckpointError(f"{path}: unknown task {payload['task']!r}; expected one of {tuple(OUTPUTS)}")
+    if payload["task"] not in TASKS:
+        raise CheckpointError(f"{path}: unknown task {payload['task']!r}; expected one of {TASKS}")
     if not isinstance(payload["state_dict"], dict) or not all(
             isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
         raise CheckpointError(f"{path}: 'state_dict' must map parameter names to tensors")

@@ -13,15 +13,13 @@ import torch
 from torch import nn
 
 from ..errors import KboostError
+from ..tasks import get_task
 from .frontend import HOP, LOOKAHEAD, N_FREQS, StftFrontEnd, pad_clip
 from .fast_lstm import FastLSTM
 from .layers import CausalConv2d, CausalConvTranspose2d, LocalAttention, StreamingLSTM
 
 MICS = 2
 EMBEDDING_DIM = 256
-# Complex outputs per task: SE one binaural target, SS two binaural talkers, TSE one target.
-OUTPUTS = {"se": 2, "ss": 4, "tse": 2}
-SOURCES = {"se": 1, "ss": 2, "tse": 1}
 
 
 @dataclass(frozen=True)
@@ -118,10 +116,9 @@ class TFGridNet(nn.Module):
 
     def __init__(self, task: str, size: GridNetSize):
         super().__init__()
-        if task not in OUTPUTS:
-            raise ValueError(f"unknown task {task!r}; allowed: {', '.join(OUTPUTS)}")
         self.task, self.size = task, size
-        self.n_outputs = OUTPUTS[task]
+        self.facts = get_task(task)
+        self.n_outputs = self.facts.output_channels
         self.frontend = StftFrontEnd()
         d = size.emb_dim
         self.input_conv = CausalConv2d(2 * MICS, d)
@@ -129,7 +126,7 @@ class TFGridNet(nn.Module):
         self.blocks = nn.ModuleList(GridNetBlock(size) for _ in range(size.blocks))
         # Speaker conditioning after every block but the last (TSE only).
         self.conditioning = nn.ModuleList(
-            SpeakerConditioning(d) for _ in range(size.blocks - 1)) if task == "tse" else None
+            SpeakerConditioning(d) for _ in range(size.blocks - 1)) if self.facts.needs_embedding else None
         self.output_conv = CausalConvTranspose2d(d, 2 * self.n_outputs)
 
     # ---------------------------------------------------------------- feature-level pieces
@@ -163,7 +160,7 @@ class TFGridNet(nn.Module):
 
     def to_sources(self, audio: torch.Tensor) -> torch.Tensor:
         """[B, n_outputs, N] -> [B, sources, 2 ears, N]."""
-        return audio.view(audio.shape[0], SOURCES[self.task], MICS, audio.shape[-1])
+        return audio.view(audio.shape[0], self.facts.sources, MICS, audio.shape[-1])
 
     def forward(self, audio: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Whole clips: [B, 2, N] (N a multiple of 128) -> [B, sources, 2, N], aligned with the input."""
@@ -198,9 +195,9 @@ def check_audio(audio: torch.Tensor, chunk: bool) -> None:
 
 
 def check_embedding(task: str, audio: torch.Tensor, embedding: torch.Tensor | None) -> None:
-    if task != "tse":
+    if not get_task(task).needs_embedding:
         return
     if embedding is None:
-        raise ModelInputError("target speech extraction needs the target speaker's 256-d embedding")
+        raise ModelInputError(f"{get_task(task).title} needs the target speaker's 256-d embedding")
     if embedding.shape != (audio.shape[0], EMBEDDING_DIM):
         raise ModelInputError(f"speaker embedding must be [batch, {EMBEDDING_DIM}], got {tuple(embedding.shape)}")
