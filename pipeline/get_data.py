@@ -5,6 +5,7 @@ corpus (LibriSpeech, WHAM!, measured responses), which is downloaded with checks
 """
 import argparse
 
+import kboost.blas  # noqa: F401  (first: pins OpenBLAS's kernels before numpy loads)
 from kboost import stage
 from kboost.params import load_params
 from kboost.sources.prepare import PARTS, prepare_part

@@ -5,6 +5,7 @@ a manifest.csv recording every choice, and (TSE) the enrolment d-vectors.
 """
 import argparse
 
+import kboost.blas  # noqa: F401  (first: pins OpenBLAS's kernels before numpy loads)
 from kboost import stage
 from kboost.mixtures import synthesize_task
 from kboost.params import active_profile, load_params
