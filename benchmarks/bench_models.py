@@ -22,7 +22,7 @@ import torch
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, TFGridNet
 from kboost.models.gridnet import EMBEDDING_DIM
 from kboost.parallel import limit_threads, thread_report
-from kboost.streaming import compile_model
+from kboost.streamer import ENGINES, make_streamer
 from kboost.tasks import NAMES as TASK_NAMES, get_task
 
 
@@ -52,26 +52,22 @@ def streaming(task: str, chunks: int, delay: int) -> None:
     large = TFGridNet(task, PAPER_SIZES["large"]).eval()
     pair = BoostedPair(small, large, delay).eval()  # the vanilla models run on their own state below
     audio = torch.randn(1, 2, (chunks + 60) * HOP)
-    numpy_audio = audio[0].numpy()
 
+    inputs = {"torch": audio, "compiled": audio[0].numpy()}
     results = {}
-    for name, model in (("small", small), ("large", large)):
-        state = model.initial_state()
-        results[(name, "torch")] = _per_chunk_ms(lambda c, m=model, s=state: m.step(c, s, embedding), audio, chunks)
-        engine = compile_model(model, embedding)
-        limit_threads(1)  # compiling loaded SciPy's BLAS
-        state = engine.initial_state()
-        results[(name, "compiled")] = _per_chunk_ms(lambda c, e=engine, s=state: e.step(c, s), numpy_audio, chunks)
-    device = "boosted small (device side, hint given)"
-    state = pair.initial_state()
-    hint = pair.remote_step(audio[..., :HOP], pair.initial_state(), embedding)  # a hint of the right shape
-    results[(device, "torch")] = _per_chunk_ms(lambda c: pair.device_step(c, hint, state, embedding), audio, chunks)
-    engine = compile_model(pair, embedding)
-    limit_threads(1)
-    engine_state = engine.initial_state()
-    engine_hint = engine.remote_step(numpy_audio[:, :HOP], engine.initial_state())
-    results[(device, "compiled")] = _per_chunk_ms(lambda c: engine.device_step(c, engine_hint, engine_state),
-                                                  numpy_audio, chunks)
+    for engine in ENGINES:
+        for name, model in (("small", small), ("large", large)):
+            streamer = make_streamer(model, embedding, engine)
+            limit_threads(1)  # compiling loaded SciPy's BLAS
+            state = streamer.initial_state()
+            results[(name, engine)] = _per_chunk_ms(lambda c, s=streamer, st=state: s.step(c, st),
+                                                    inputs[engine], chunks)
+        streamer = make_streamer(pair, embedding, engine)
+        limit_threads(1)
+        state = streamer.initial_state()
+        hint = streamer.remote_step(inputs[engine][..., :HOP], streamer.initial_state())  # a hint of the right shape
+        results[("boosted small (device side, hint given)", engine)] = _per_chunk_ms(
+            lambda c: streamer.device_step(c, hint, state), inputs[engine], chunks)
     for (name, kind), ms in results.items():
         print(f"streaming {task} {name} [{kind}]: {ms:.2f} ms per 8 ms chunk "
               f"(real-time factor {ms / 8:.3f}), 1 thread")

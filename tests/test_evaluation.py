@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kboost.evaluation import confidence_interval, estimate, score, stream_clips, summarise
+from kboost.evaluation import confidence_interval, estimate, score, summarise
 from kboost.models import BoostedPair, GridNetSize, TFGridNet
+from kboost.streamer import make_streamer, stream
 
 from test_training import TINY, TINY_LARGE, mixtures  # noqa: F401  (shared fixture)
 
@@ -20,7 +21,7 @@ def test_streamed_pair_equals_whole_clip_pair(task, delay):
     embedding = torch.randn(3, 256) if task == "tse" else None
     with torch.no_grad():
         whole = pair(audio, embedding)
-        streamed = stream_clips(pair, audio, embedding)
+        streamed = stream(make_streamer(pair, embedding, "torch", batch=3), audio)
     assert streamed.shape == whole.shape
     # All samples: the whole clip's last 4 ms, like the stream's, come from one more silent chunk.
     torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,9 @@ from numba import njit
 
 from kboost import streaming
 from kboost.models import HOP, PAPER_SIZES, BoostedPair, GridNetSize, ModelInputError, TFGridNet
+from kboost.streamer import ENGINES, BoostedSides, HintLink, Streamer, make_streamer, stream
 from kboost.streaming import compile_model
+from kboost.tasks import get_task
 
 CHUNKS = 24
 # Short attention windows, so that the ring buffers wrap within the test's chunks.
@@ -29,22 +31,16 @@ def _embedding(task):
 
 
 def _compare(model, task, chunks=CHUNKS, seed=1):
-    """Max |compiled - torch| over all chunks, relative to the largest torch output."""
+    """Max |compiled - torch| over every output sample of a clip, relative to the largest torch
+    output; both engines run the clip through the one chunk loop, ``stream``."""
     embedding = _embedding(task)
-    engine = compile_model(model, embedding)
     audio = torch.randn(1, 2, chunks * HOP, generator=torch.Generator().manual_seed(seed))
-    torch_state, engine_state = model.initial_state(1), engine.initial_state()
-    errors, scale = [], 0.0
-    with torch.inference_mode():
-        for k in range(chunks):
-            chunk = audio[..., k * HOP:(k + 1) * HOP]
-            expected, torch_state = model.step(chunk, torch_state, embedding)
-            got = engine.step(chunk[0].numpy(), engine_state)
-            assert got.shape == tuple(expected.shape[1:]) and got.dtype == np.float32
-            errors.append(float(np.abs(got - expected[0].numpy()).max()))
-            scale = max(scale, float(expected.abs().max()))
+    expected = stream(make_streamer(model, embedding, "torch"), audio)[0].numpy()
+    got = stream(make_streamer(model, embedding, "compiled"), audio[0].numpy())
+    assert got.shape == expected.shape == (get_task(task).sources, 2, chunks * HOP) and got.dtype == np.float32
+    scale = float(np.abs(expected).max())
     assert scale > 1e-3  # the models produce signal, so the comparison means something
-    return max(errors) / scale
+    return float(np.abs(got - expected).max()) / scale
 
 
 @pytest.mark.parametrize("task", ["se", "ss", "tse"])
@@ -83,20 +79,46 @@ def test_boosted_sides_match_the_torch_sides():
     """remote_step / deliver / device_step, called separately as a device would, give the
     hints and outputs of the PyTorch pair."""
     pair = _perturbed(BoostedPair(TFGridNet("se", SMALL), TFGridNet("se", LARGE), 2, 2))
-    engine = compile_model(pair)
+    torch_pair, engine = make_streamer(pair, engine="torch"), make_streamer(pair, engine="compiled")
     audio = torch.randn(1, 2, 10 * HOP, generator=torch.Generator().manual_seed(3))
-    torch_state, engine_state = pair.initial_state(1), engine.initial_state()
+    torch_state, engine_state = torch_pair.initial_state(), engine.initial_state()
     with torch.inference_mode():
         for k in range(10):
             chunk = audio[..., k * HOP:(k + 1) * HOP]
-            sent = pair.remote_step(chunk, torch_state)
+            sent = torch_pair.remote_step(chunk, torch_state)
             sent_compiled = engine.remote_step(chunk[0].numpy(), engine_state)
             np.testing.assert_allclose(sent_compiled, sent[0, 0].numpy(), atol=1e-5 * max(1.0, float(sent.abs().max())))
-            hint, hint_compiled = pair.deliver(sent, torch_state), engine.deliver(sent_compiled, engine_state)
-            assert (k < 2) == (not hint_compiled.any())  # zeros until the first hint arrives
-            out = pair.device_step(chunk, hint, torch_state)
+            hint, hint_compiled = torch_pair.deliver(sent, torch_state), engine.deliver(sent_compiled, engine_state)
+            assert (k < 2) == (not hint_compiled.any()) == (not hint.any())  # zeros until the first arrives
+            out = torch_pair.device_step(chunk, hint, torch_state)
             out_compiled = engine.device_step(chunk[0].numpy(), hint_compiled, engine_state)
             np.testing.assert_allclose(out_compiled, out[0].numpy(), atol=1e-5 * max(1.0, float(out.abs().max())))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_keep_one_contract(engine):
+    """Either engine is a Streamer; ``stream`` returns every input sample (any length), aligned,
+    and times the device side of a boosted pair on its own."""
+    pair = _perturbed(BoostedPair(TFGridNet("tse", SMALL), TFGridNet("tse", LARGE), 1))
+    embedding = _embedding("tse")
+    streamer = make_streamer(pair, embedding, engine)
+    assert isinstance(streamer, Streamer) and isinstance(streamer, BoostedSides)
+    audio = 0.1 * torch.randn(1, 2, 5 * HOP + 37, generator=torch.Generator().manual_seed(4))
+    timing = {}
+    out = stream(streamer, audio if engine == "torch" else audio[0].numpy(), timing)
+    assert tuple(out.shape[-3:]) == (1, 2, 5 * HOP + 37)
+    assert 0 < timing["device"] < timing["total"]
+    vanilla = make_streamer(pair.small, embedding, engine)
+    assert isinstance(vanilla, Streamer) and not isinstance(vanilla, BoostedSides)
+
+
+def test_the_hint_link_delays_every_hint_in_order():
+    link, in_flight = HintLink(2), []
+    arrived = [link.deliver(np.full(3, k, np.float32), in_flight) for k in range(1, 6)]
+    assert [float(a[0]) for a in arrived] == [0, 0, 1, 2, 3]
+    assert torch.equal(HintLink(0).deliver(torch.ones(2), []), torch.ones(2))
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        HintLink(-1)
 
 
 def test_engine_copies_the_weights():

@@ -1,7 +1,8 @@
 """The ``kboost`` command line: run a model on a WAV file the way a device would, 8 ms at a time.
 
 ``kboost stream IN.wav OUT.wav --checkpoint model.pt`` (or ``--random-init``) feeds the input to
-``model.step`` one 128-sample chunk at a time and reports the real-time factor.
+the model's streamer (:mod:`kboost.streamer`) one 128-sample chunk at a time and reports the
+real-time factor.
 User-facing problems end with one ``error: ...`` line and exit status 2 (KBOOST_DEBUG=1 shows
 the traceback).
 """
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-import time
 from pathlib import Path
 
 from .errors import KboostError
+from .streamer import ENGINES
 from .tasks import NAMES as TASK_NAMES, get_task
 
-ENGINES = ("compiled", "torch")
 TASK_HELP = "se: speech enhancement, ss: two-speaker separation, tse: target speech extraction"
 
 
@@ -255,36 +255,10 @@ def _embedding_from_args(args, task: str):
     return vector[None]
 
 
-def _chunk_runners(model, embedding, engine: str):
-    """(step, remote, device) callables on numpy chunks [2, 128]: ``step(chunk)`` runs the whole
-    model; for a boosted pair ``remote(chunk)`` runs the remote side and returns the hint
-    arriving now (after the network delay) and ``device(chunk, hint)`` the on-device side."""
-    import torch
-
-    if engine == "compiled":
-        from .streaming import compile_model
-
-        runner = compile_model(model, embedding)
-        state = runner.initial_state()
-        return (lambda chunk: runner.step(chunk, state),
-                lambda chunk: runner.deliver(runner.remote_step(chunk, state), state),
-                lambda chunk, hint: runner.device_step(chunk, hint, state))
-    if engine != "torch":
-        raise CliError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    emb = None if embedding is None else torch.as_tensor(embedding, dtype=torch.float32).view(1, -1)
-    state = model.initial_state(1)
-
-    def tensor(chunk):
-        return torch.from_numpy(chunk).unsqueeze(0)
-
-    return (lambda chunk: model.step(tensor(chunk), state, emb)[0][0].numpy(),
-            lambda chunk: model.deliver(model.remote_step(tensor(chunk), state, emb), state),
-            lambda chunk, hint: model.device_step(tensor(chunk), hint, state, emb)[0].numpy())
-
-
 def stream_file(model, audio, embedding=None, engine: str = "compiled", threads: int | None = None):
     """Run ``model`` chunk by chunk over ``audio`` [2, N] (numpy) with the chosen engine
-    (``compiled``: kboost.streaming; ``torch``: the modules' own ``step``).
+    (``compiled``: kboost.streaming; ``torch``: the modules' own ``step``) through
+    :func:`kboost.streamer.stream`.
 
     Returns (output [channels, N] numpy, timing, chunks processed); timing has "total", the
     seconds spent in the chunk loop, "threads", what every numeric library ran with, and for a
@@ -297,36 +271,24 @@ def stream_file(model, audio, embedding=None, engine: str = "compiled", threads:
     import numpy as np
     import torch
 
-    from .models import HOP, LOOKAHEAD, BoostedPair
+    from .models import HOP
     from .models.frontend import stream_length
     from .parallel import limit_threads, thread_report
+    from .streamer import make_streamer, stream
 
+    if engine not in ENGINES:
+        raise CliError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     samples = audio.shape[-1]
-    chunks = stream_length(samples) // HOP  # whole chunks, plus one so the last 64 samples come out
-    padded = np.zeros((2, chunks * HOP), np.float32)
-    padded[:, :samples] = audio
-    outputs = []
-    boosted = isinstance(model, BoostedPair)
-    timing = {"device": 0.0} if boosted else {}
-    with torch.inference_mode():
-        step, remote, device = _chunk_runners(model, embedding, engine)
-        if threads is not None:
-            limit_threads(threads)
-        timing["threads"] = thread_report()
-        started = time.perf_counter()
-        for k in range(chunks):
-            chunk = np.ascontiguousarray(padded[:, k * HOP:(k + 1) * HOP])
-            if boosted:  # the two sides separately, to time the device side on its own
-                hint = remote(chunk)
-                device_started = time.perf_counter()
-                out = device(chunk, hint)
-                timing["device"] += time.perf_counter() - device_started
-            else:
-                out = step(chunk)
-            outputs.append(out)
-        timing["total"] = time.perf_counter() - started
-    out = np.concatenate(outputs, axis=-1)[..., LOOKAHEAD: LOOKAHEAD + samples]  # [sources, 2, N]
-    return np.ascontiguousarray(out.reshape(-1, samples)), timing, chunks
+    audio = np.asarray(audio, dtype=np.float32)
+    streamer = make_streamer(model, embedding, engine)
+    if threads is not None:
+        limit_threads(threads)
+    timing = {"threads": thread_report()}
+    if engine == "torch":  # the modules take a batch
+        out = stream(streamer, torch.from_numpy(audio)[None], timing)[0].numpy()
+    else:
+        out = stream(streamer, audio, timing)
+    return np.ascontiguousarray(out.reshape(-1, samples)), timing, stream_length(samples) // HOP
 
 
 def stream_command(args) -> None:

@@ -20,14 +20,14 @@ from .dataset import MixtureDataset, collate
 from .errors import KboostError
 from .fsutil import atomic_file, remove_stale_temporaries, write_json
 from .metrics import score_utterance
-from .models import HOP, LOOKAHEAD, BoostedPair, count_parameters
-from .models.frontend import stream_length
+from .models import HOP, BoostedPair, count_parameters
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.fast_lstm import set_enabled as use_fast_lstm
 from .memory import retain_freed_memory
 from .parallel import limit_threads, map_ordered
 from .params import active_profile, load_params
 from .runs import best_epoch
+from .streamer import make_streamer, stream
 from .tasks import get_task
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
@@ -38,44 +38,15 @@ class EvaluationError(KboostError, ValueError):
     """Evaluation inputs that do not fit together."""
 
 
-def stream_clips(pair: BoostedPair, mixture: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
-    """Run ``pair`` chunk by chunk over clips [B, 2, N]; return the small model's output
-    [B, S, 2, N] aligned with the input. The input is padded with zeros to whole chunks plus one,
-    so the last 64 samples come out (the 4 ms lookahead), as if the input went on silent."""
-    length = mixture.shape[-1]
-    padded = torch.nn.functional.pad(mixture, (0, stream_length(length) - length))
-    state = pair.initial_state(mixture.shape[0], mixture.dtype, mixture.device)
-    outputs = []
-    for start in range(0, padded.shape[-1], HOP):
-        out, state = pair.step(padded[..., start:start + HOP], state, embedding)
-        outputs.append(out)
-    streamed = torch.cat(outputs, dim=-1)
-    return streamed[..., LOOKAHEAD:LOOKAHEAD + length]
-
-
-def stream_clip_compiled(engine, mixture: np.ndarray) -> np.ndarray:
-    """One clip [2, N] chunk by chunk through a compiled engine (kboost.streaming), padded like
-    ``stream_clips``; returns [S, 2, N] aligned with the input."""
-    length = mixture.shape[-1]
-    padded = np.zeros((mixture.shape[0], stream_length(length)), np.float32)
-    padded[:, :length] = mixture
-    state = engine.initial_state()
-    out = np.concatenate([engine.step(np.ascontiguousarray(padded[:, start:start + HOP]), state)
-                          for start in range(0, padded.shape[-1], HOP)], axis=-1)
-    return out[..., LOOKAHEAD:LOOKAHEAD + length]
-
-
 def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool) -> dict:
     """Boosted pairs streamed clip by clip through the compiled engine, ``threads`` clips at a
     time (its kernels release the GIL); TSE compiles the target's embedding into each engine."""
-    from .streaming import compile_model
-
-    shared = None if get_task(pair.task).needs_embedding else compile_model(pair)
+    shared = None if get_task(pair.task).needs_embedding else make_streamer(pair)
 
     def run(index: int):
         item = dataset[index]
-        engine = shared if shared is not None else compile_model(pair, item["embedding"].view(1, -1))
-        return item["id"], stream_clip_compiled(engine, item["mixture"].numpy())
+        engine = shared if shared is not None else make_streamer(pair, item["embedding"].view(1, -1))
+        return item["id"], stream(engine, item["mixture"].numpy())
 
     done = map_ordered(run, range(len(dataset)), workers=threads, desc="streaming", unit="clip",
                        threads=True, progress=progress)
@@ -99,7 +70,8 @@ def estimate(model: torch.nn.Module, dataset, batch_size: int, progress: bool = 
                       disable=not progress, dynamic_ncols=True):
         mixture, embedding = batch["mixture"], batch.get("embedding")
         if streaming:
-            output = stream_clips(model, mixture, embedding)
+            output = stream(make_streamer(model, embedding, "torch", len(mixture), mixture.dtype, mixture.device),
+                            mixture)
         else:  # whole clips: zero-pad to whole 8 ms chunks, cut back
             length = mixture.shape[-1]
             output = model(torch.nn.functional.pad(mixture, (0, -length % HOP)), embedding)[..., :length]

@@ -13,7 +13,8 @@ for chunk.
     state = engine.initial_state()
     out = engine.step(chunk, state)                 # chunk [2, 128] -> [sources, 2, 128]
 
-A boosted pair also exposes ``remote_step`` / ``deliver`` / ``device_step`` so the device side
+The engines implement :class:`kboost.streamer.Streamer` (``kboost.streamer.stream`` runs a whole
+clip); a boosted pair also has ``remote_step`` / ``deliver`` / ``device_step`` so the device side
 can be timed alone. Batch 1 only: a device streams one input.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from numba.extending import intrinsic
 
 from .models import HOP, LOOKAHEAD, N_FREQS, BoostedPair, TFGridNet
 from .models.gridnet import EMBEDDING_DIM, MICS, ModelInputError
+from .streamer import BoostedSides, HintLink
 from .tasks import get_task
 
 N_FFT = HOP + LOOKAHEAD
@@ -637,12 +639,13 @@ class BoostedState(NamedTuple):
     fifo: list             # hints in flight (the network)
 
 
-class CompiledBoostedPair:
+class CompiledBoostedPair(BoostedSides):
     """A boosted pair's streaming step, compiled: remote side (large + compression), the network
-    (a FIFO of ``delay`` hints), device side (small + merge modules)."""
+    (:class:`~kboost.streamer.HintLink`), device side (small + merge modules)."""
 
     def __init__(self, pair: BoostedPair, embedding=None):
         self.task, self.delay = pair.task, pair.delay
+        self.link = HintLink(pair.delay)
         self.small = CompiledGridNet(pair.small, embedding)
         self.large = CompiledGridNet(pair.large, embedding)
         self.compression = _conv_weights(pair.compression.conv.conv.weight, pair.compression.conv.conv.bias)
@@ -671,21 +674,13 @@ class CompiledBoostedPair:
         _conv(state.spec_hist, self.compression, hint)
         return hint
 
-    def deliver(self, sent: np.ndarray, state: BoostedState) -> np.ndarray:
-        """The network: the hint arriving now, ``delay`` chunks old (zeros before the first)."""
-        state.fifo.append(sent)
-        if len(state.fifo) > self.delay:
-            return state.fifo.pop(0)
-        return np.zeros_like(sent)
+    def in_flight(self, state: BoostedState) -> list:
+        return state.fifo
 
     def device_step(self, chunk, hint: np.ndarray, state: BoostedState) -> np.ndarray:
         """The device side for one chunk, given the hint that arrived now -> [sources, 2, 128]."""
         out = self.small.run(_check_chunk(chunk), state.small, hint, self.merges, state.merges)
         return out.reshape(get_task(self.task).sources, MICS, HOP)
-
-    def step(self, chunk, state: BoostedState, large_chunk=None) -> np.ndarray:
-        sent = self.remote_step(chunk if large_chunk is None else large_chunk, state)
-        return self.device_step(chunk, self.deliver(sent, state), state)
 
 
 def compile_model(model, embedding=None):

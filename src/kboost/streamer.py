@@ -1,0 +1,174 @@
+"""The streaming contract: one 8 ms chunk in, one chunk out, the state carried by the caller.
+
+Two engines implement it: :class:`TorchStreamer` (the PyTorch modules' own streaming step,
+clips batched) and the compiled engine of :mod:`kboost.streaming` (batch 1, device speed). A
+streamer binds the TSE speaker embedding when it is built, so a step needs only the chunk and
+the state (as ESPnet's ``forward_streaming(frame, states)``)::
+
+    streamer = make_streamer(model, embedding, engine="compiled")
+    state = streamer.initial_state()
+    out = streamer.step(chunk, state)    # [.., 2, 128] -> [.., sources, 2, 128], state updated
+    out = stream(streamer, audio)        # a whole clip [.., 2, N] -> [.., sources, 2, N], aligned
+
+Chunks are the engine's own arrays: torch tensors [B, 2, 128] for :class:`TorchStreamer`,
+numpy [2, 128] for the compiled engine. A boosted pair's streamer also has its two sides and
+the network between them (:class:`HintLink`), so a device side can be run and timed alone.
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .models import HOP, LOOKAHEAD, BoostedPair, TFGridNet
+from .models.frontend import stream_length
+from .models.gridnet import check_audio, check_embedding
+
+ENGINES = ("compiled", "torch")
+
+
+@runtime_checkable
+class Streamer(Protocol):
+    task: str
+
+    def initial_state(self):
+        """A fresh state: silence before the first chunk."""
+
+    def step(self, chunk, state):
+        """One chunk [.., 2, 128] -> [.., sources, 2, 128]; ``state`` is updated in place. The
+        output lags the input by the 64-sample lookahead."""
+
+
+class HintLink:
+    """The network between the remote and the device side: every hint arrives ``delay`` chunks
+    after it was sent, in order; until the first one arrives the device gets zeros."""
+
+    def __init__(self, delay: int):
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 chunks, got {delay}")
+        self.delay = delay
+
+    def deliver(self, sent, in_flight: list):
+        """Queue ``sent`` on ``in_flight`` (the state's list of hints on the way); return the
+        hint that arrives now."""
+        in_flight.append(sent)
+        if len(in_flight) > self.delay:
+            return in_flight.pop(0)
+        return torch.zeros_like(sent) if isinstance(sent, torch.Tensor) else np.zeros_like(sent)
+
+
+class BoostedSides:
+    """A boosted pair's step from its two sides: the remote side (large model + compression)
+    sends this chunk's hint, the link delivers the one of ``delay`` chunks ago, the device side
+    (small model + merge modules) uses it. Subclasses define ``remote_step``, ``device_step``
+    and ``in_flight(state)`` (the state's list of hints on the way); they set ``self.link``."""
+
+    link: HintLink
+
+    def deliver(self, sent, state):
+        return self.link.deliver(sent, self.in_flight(state))
+
+    def step(self, chunk, state, large_chunk=None):
+        """``large_chunk`` (default: ``chunk``) is what the remote side hears; tests poison it."""
+        sent = self.remote_step(chunk if large_chunk is None else large_chunk, state)
+        return self.device_step(chunk, self.deliver(sent, state), state)
+
+
+class TorchStreamer:
+    """The streaming step of a :class:`TFGridNet` as the PyTorch modules run it, for ``batch``
+    clips at once; ``embedding`` [batch, 256] for TSE."""
+
+    def __init__(self, model: TFGridNet, embedding: torch.Tensor | None = None, batch: int = 1,
+                 dtype=torch.float32, device=None):
+        self.model, self.task, self.embedding = model, model.task, embedding
+        self._shape = (batch, dtype, device)
+
+    def initial_state(self) -> dict:
+        return self.model.initial_state(*self._shape)
+
+    def step(self, chunk: torch.Tensor, state: dict) -> torch.Tensor:
+        out, _ = self.model.step(chunk, state, self.embedding)
+        return out
+
+
+class TorchBoostedStreamer(BoostedSides, TorchStreamer):
+    """A :class:`BoostedPair` streamed by its PyTorch modules."""
+
+    def __init__(self, pair: BoostedPair, embedding: torch.Tensor | None = None, batch: int = 1,
+                 dtype=torch.float32, device=None):
+        super().__init__(pair, embedding, batch, dtype, device)
+        self.link = HintLink(pair.delay)
+
+    def in_flight(self, state: dict) -> list:
+        return state["fifo"]
+
+    def remote_step(self, chunk: torch.Tensor, state: dict) -> torch.Tensor:
+        check_audio(chunk, chunk=True)
+        check_embedding(self.task, chunk, self.embedding)
+        return self.model.remote_step(chunk, state, self.embedding)
+
+    def device_step(self, chunk: torch.Tensor, hint: torch.Tensor, state: dict) -> torch.Tensor:
+        check_audio(chunk, chunk=True)
+        return self.model.device_step(chunk, hint, state, self.embedding)
+
+
+def make_streamer(model, embedding=None, engine: str = "compiled", batch: int = 1,
+                  dtype=torch.float32, device=None):
+    """The streamer of a TFGridNet or BoostedPair: ``engine`` "compiled" (kboost.streaming; its
+    weights copied now, batch 1) or "torch" (the modules themselves, ``batch`` clips of
+    ``dtype`` on ``device``); ``embedding``: the TSE target's d-vector(s), [batch, 256]."""
+    if engine == "compiled":
+        from .streaming import compile_model  # numba: loaded only when used
+
+        return compile_model(model, embedding)
+    if engine != "torch":
+        raise ValueError(f"unknown streaming engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if embedding is not None:
+        embedding = torch.as_tensor(embedding, dtype=dtype, device=device).reshape(batch, -1)
+    if isinstance(model, BoostedPair):
+        return TorchBoostedStreamer(model, embedding, batch, dtype, device)
+    if isinstance(model, TFGridNet):
+        return TorchStreamer(model, embedding, batch, dtype, device)
+    raise TypeError(f"cannot stream {type(model).__name__}: expected TFGridNet or BoostedPair")
+
+
+def stream(streamer: Streamer, audio, timing: dict | None = None):
+    """``audio`` [.., 2, N] chunk by chunk through ``streamer``; returns [.., sources, 2, N]
+    aligned with the input (the 64-sample lag removed).
+
+    The input is padded with zeros to whole chunks plus one, so the clip's last 64 samples come
+    out of the lookahead, as if the input went on silent. With ``timing`` (a dict), "total" gets
+    the seconds spent in the chunk loop and, for a boosted pair, "device" the part of it spent
+    in the device side alone."""
+    length = audio.shape[-1]
+    extra = stream_length(length) - length
+    torch_input = isinstance(audio, torch.Tensor)
+    if torch_input:
+        padded = torch.nn.functional.pad(audio, (0, extra))
+    else:
+        padded = np.pad(np.asarray(audio, dtype=np.float32), [(0, 0)] * (audio.ndim - 1) + [(0, extra)])
+    split = timing is not None and isinstance(streamer, BoostedSides)
+    device_seconds = 0.0
+    outputs = []
+    with torch.inference_mode():
+        state = streamer.initial_state()
+        started = time.perf_counter()
+        for start in range(0, padded.shape[-1], HOP):
+            chunk = padded[..., start:start + HOP]
+            if not torch_input:
+                chunk = np.ascontiguousarray(chunk)
+            if split:  # the two sides separately, to time the device side on its own
+                hint = streamer.deliver(streamer.remote_step(chunk, state), state)
+                device_started = time.perf_counter()
+                outputs.append(streamer.device_step(chunk, hint, state))
+                device_seconds += time.perf_counter() - device_started
+            else:
+                outputs.append(streamer.step(chunk, state))
+        if timing is not None:
+            timing["total"] = time.perf_counter() - started
+            if split:
+                timing["device"] = device_seconds
+    out = torch.cat(outputs, dim=-1) if torch_input else np.concatenate(outputs, axis=-1)
+    return out[..., LOOKAHEAD:LOOKAHEAD + length]
