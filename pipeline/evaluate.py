@@ -7,6 +7,7 @@ Boosted pairs run chunk by chunk with their delay; vanilla models run whole clip
 """
 import argparse
 
+import kboost.blas  # noqa: F401  (first: pins OpenBLAS's kernels before numpy loads)
 from kboost.tasks import NAMES as TASK_NAMES
 
 

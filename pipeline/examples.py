@@ -6,6 +6,8 @@ paper/audio/manifest.json.
 """
 import argparse
 
+import kboost.blas  # noqa: F401  (first: pins OpenBLAS's kernels before numpy loads)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
