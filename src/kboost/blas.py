@@ -2,10 +2,11 @@
 
 OpenBLAS (numpy's and scipy's BLAS) picks its kernels for the CPU it loads on: AVX-512 kernels
 on one machine, AVX2 on another, and the two round sums differently. Between two such machines
-the simulated room responses and the Resemblyzer d-vectors differed in their last bits (the
-mixtures' 16-bit audio did not), and TSE training amplified the d-vector difference into other
-models (boosted d0: 2.3 against 0.9 dB validation SI-SNRi). The Haswell (AVX2) kernels run on
-every x86-64 CPU this project targets, so the stages that make data ask for them.
+the simulated room responses, the Resemblyzer d-vectors and the compiled streaming engine's
+outputs differed in their last bits (the mixtures' 16-bit audio did not), and TSE training
+amplified the d-vector difference into other models (boosted d0: 2.0 against 0.9 dB validation
+SI-SNRi). The Haswell (AVX2) kernels run on every x86-64 CPU this project targets, so every
+stage that computes with numpy's BLAS asks for them.
 
 Import this module before anything imports numpy: OpenBLAS reads OPENBLAS_CORETYPE once, when it
 loads. ``KBOOST_OPENBLAS_CORETYPE`` names another family (``native`` keeps OpenBLAS's own pick).
