@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+# OpenBLAS's kernel families are x86-64 names; elsewhere kboost.blas pins nothing.
+x86_64_only = pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"),
+                                 reason="OpenBLAS kernel families are x86-64 names")
+
 # A float32 and a float64 product big enough for OpenBLAS's blocked kernels (their rounding is
 # what differs between kernel families), then the d-vector of a fixed signal, which goes through
 # librosa's mel filterbank product: the computation whose last bits moved between two machines.
@@ -32,7 +36,7 @@ def _probe(mode: str, **env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"), reason="OpenBLAS kernel families are x86-64 names")
+@x86_64_only
 def test_pinned_results_do_not_depend_on_the_kernels_the_cpu_would_pick():
     # SkylakeX (AVX-512) where the CPU has it, else OpenBLAS falls back: either way the pin wins.
     results = [_probe("pinned", OPENBLAS_CORETYPE=core) for core in ("SkylakeX", "Zen", "Haswell")]
@@ -45,9 +49,9 @@ def test_native_keeps_openblas_own_choice():
     assert result["coretype"] == "Zen"
 
 
+@x86_64_only
 def test_importing_numpy_first_is_reported():
     code = "import numpy, warnings\nwarnings.simplefilter('error')\nimport kboost.blas"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if os.uname().machine in ("x86_64", "amd64"):
-        assert out.returncode != 0 and "numpy was imported before kboost.blas" in out.stderr
+    assert out.returncode != 0 and "numpy was imported before kboost.blas" in out.stderr
