@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import KboostError
+from .hint_codec import get_codec
 from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch, run_name, study_runs
 from .tasks import TASKS
 
@@ -167,22 +168,34 @@ def ablation_table(study: Study) -> Table | None:
         return None
     table = Table("ablation", "Compression ablation (SS): hint channels cut by P before sending; SI-SDRi in dB; "
                               "gain over medium as in the delay table (paired, per utterance).",
-                  ["delay (chunks)", "P", "hint channels", "SI-SDRi (dB)", "gain over medium (dB)"])
-    channels = 2 * 4  # SS: 4 complex outputs -> 8 real channels
+                  ["delay (chunks)", "P", "hint channels", "hint stream (kbit/s)", "SI-SDRi (dB)",
+                   "gain over medium (dB)"])
+    channels = 2 * TASKS["ss"].output_channels  # real and imaginary part of every output channel
     for delay in sorted(study.ablation["delays"]):
         for p in sorted({study.compression, *study.ablation["compressions"]}):
             run = study.boosted(delay, p)
             summary = study.summary("ss", run)
-            table.rows.append([str(delay), str(p), str(channels // p), with_ci(summary, "si_sdri"), paired_gain(summary)])
+            table.rows.append([str(delay), str(p), str(channels // p), f"{hint_kbit_per_second(study, 'ss', p):,.0f}",
+                               with_ci(summary, "si_sdri"), paired_gain(summary)])
     return table
+
+
+def hint_kbit_per_second(study: Study, task: str, compression: int, codec: str = "float32",
+                         scale: str = "profile_sizes") -> float:
+    """Bit rate of the hint stream of ``task`` at compression P (macs.json: values of one hint)."""
+    values = study.macs["reports"][scale][task]["hint_values_per_chunk"][str(compression)]
+    return get_codec(codec).kbit_per_second(values, study.macs["chunks_per_second"])
 
 
 def complexity_table(study: Study) -> Table:
     paper = study.macs.get("paper_reduction_macs_per_chunk", {})
+    ps = sorted(int(p) for p in study.macs["reports"]["profile_sizes"][study.tasks[0]]["hint_values_per_chunk"])
     table = Table("complexity", "Parameters and MACs per 8 ms chunk (streaming, warm state; x125 per second) at the "
-                                "paper's sizes and at this run's sizes; reduction = medium minus boosted small.",
+                                "paper's sizes and at this run's sizes; reduction = medium minus boosted small; "
+                                "hint stream: what the remote side sends, float32 (values per chunk x 32 bits x "
+                                "125 chunks/s), at each compression P.",
                   ["scale", "task", "small", "medium", "boosted small (device)", "large + compression (remote)",
-                   "reduction", "paper's reduction"])
+                   "reduction", "paper's reduction", f"hint stream (kbit/s, P = {' / '.join(map(str, ps))})"])
     for scale, label in (("paper_sizes", "paper"), ("profile_sizes", f"this run ({study.macs['profile']})")):
         for task in study.tasks:
             models = study.macs["reports"][scale][task]["models"]
@@ -191,9 +204,11 @@ def complexity_table(study: Study) -> Table:
                 return f"{models[key]['params']:,} p / {millions(models[key]['macs_per_chunk'])}"
 
             reduction = study.macs["reduction_macs_per_chunk"][scale][task]
+            hints = study.macs["reports"][scale][task]["hint_values_per_chunk"]
+            rates = " / ".join(f"{hint_kbit_per_second(study, task, p, scale=scale):,.0f}" if str(p) in hints else "n/a" for p in ps)
             table.rows.append([label, TASKS[task].label, cell("small"), cell("medium"), cell("boosted_small"),
                                cell("remote_total"), millions(reduction),
-                               millions(paper[task]) if task in paper else "n/a"])
+                               millions(paper[task]) if task in paper else "n/a", rates])
     table.notes.extend(_convention_notes(study.macs["convention"]))
     return table
 
