@@ -15,7 +15,8 @@ import yaml
 
 from .errors import KboostError
 from .hint_codec import get_codec
-from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch, run_name, study_runs
+from .runs import (EVAL_METRICS_DIR, HINT_COST_CODECS, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch,
+                   run_name, study_runs)
 from .tasks import TASKS
 
 CHUNK_MS = 8
@@ -213,6 +214,37 @@ def complexity_table(study: Study) -> Table:
     return table
 
 
+def hint_cost_rows(study: Study, task: str) -> list[tuple[str, dict]]:
+    """(codec, evaluation summary) of the headline pair with every codec, float32 (as trained) first."""
+    float32 = study.boosted(study.delay)
+    return [("float32", study.summary(task, float32))] + [(codec, study.summary(task, f"{float32}-{codec}"))
+                                                          for codec in HINT_COST_CODECS]
+
+
+def hint_cost_table(study: Study) -> Table:
+    table = Table("hint_cost", f"What a hint costs to send (beyond the paper): the boosted pairs of delay {study.delay} "
+                               f"({study.delay * CHUNK_MS} ms) with their hints quantised before sending, evaluation "
+                               f"only (no retraining); integer codecs scale each frame by its peak and send that "
+                               f"float32 scale along. Change: this codec minus float32 on the same test utterances "
+                               f"(paired mean ± 95% confidence half-width).",
+                  ["task", "codec", "bits / value", "bits / hint", "hint stream (kbit/s)", "SI-SDRi (dB)",
+                   "change vs float32 (dB)"])
+    for task in study.tasks:
+        for codec, summary in hint_cost_rows(study, task):
+            hint = summary.get("hint", {})
+            if codec == "float32":
+                change = signed(0.0)
+            else:
+                paired = summary.get("paired", {}).get("si_sdri", {})
+                change = "n/a" if paired.get("mean") is None else (
+                    signed(paired["mean"]) + ("" if paired.get("ci95") is None else f" ± {fmt(paired['ci95'])}"))
+            bits = hint.get("bits_per_hint")
+            table.rows.append([TASKS[task].label, codec, str(get_codec(codec).bits),
+                               "n/a" if bits is None else f"{bits:,}", fmt(hint.get("kbit_per_second"), 0),
+                               with_ci(summary, "si_sdri"), change])
+    return table
+
+
 def _convention_notes(convention) -> list[str]:
     """The MAC counting convention of macs.json as readable sentences."""
     if isinstance(convention, str):
@@ -269,7 +301,7 @@ def paper_vs_run_table(study: Study, reported: dict) -> Table:
 
 def all_tables(study: Study, reported: dict) -> list[Table]:
     tables = [main_table(study), delay_table(study), ablation_table(study), complexity_table(study),
-              paper_vs_run_table(study, reported)]
+              hint_cost_table(study), paper_vs_run_table(study, reported)]
     return [t for t in tables if t is not None]
 
 
@@ -277,7 +309,8 @@ def all_tables(study: Study, reported: dict) -> list[Table]:
 def results_view(study: Study, reported: dict) -> dict[Run, dict]:
     """The few numbers per trained run that `dvc metrics show` lists (one file per run, so the
     path says which model and delay): test SI-SDRi, PESQ, STOI; for a boosted pair its paired gain
-    over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain)."""
+    over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain);
+    for a hint-cost run the hint stream's kbit_s and its paired change vs its float32 pair (vs_float32)."""
     gain = reported["si_sdr_gain_over_same_size_db"]
     view = {}
     for run in study_runs(study.params):
@@ -287,8 +320,11 @@ def results_view(study: Study, reported: dict) -> dict[Run, dict]:
         mean = summary["mean"]
         row = {"si_sdri": _rounded(mean.get("si_sdri"), 2), "pesq": _rounded(mean.get("pesq"), 2),
                "stoi": _rounded(mean.get("stoi"), 3)}
-        if run.kind != "vanilla":
-            row["gain"] = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
+        paired = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
+        if run.kind == "hint_cost":
+            row.update(kbit_s=_rounded(summary.get("hint", {}).get("kbit_per_second"), 1), vs_float32=paired)
+        elif run.kind != "vanilla":
+            row["gain"] = paired
         if run.kind == "boosted" and run.delay == int(gain["delay_chunks"]) and run.task in gain["values"]:
             row["paper_gain"] = gain["values"][run.task]
         view[run] = row
@@ -456,8 +492,35 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
     return _finish(plt, fig, axes[0], "validation SI-SNRi (dB)", 6, out_dir, "training_curves")
 
 
+def figure_hint_cost(study: Study, out_dir: Path) -> list[Path]:
+    """SI-SDRi of the headline pair against the bit rate of its (quantised) hint stream, per task,
+    the vanilla small and medium models as the floor lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(3.2 * len(study.tasks), 2.8), squeeze=False)
+    for ax, task in zip(axes[0], study.tasks):
+        rows = hint_cost_rows(study, task)
+        rates = [summary.get("hint", {}).get("kbit_per_second") for _, summary in rows]
+        if any(rate is None for rate in rates):
+            raise ReportError(f"metrics/eval/{task}: a boosted summary has no hint entry; rerun `dvc repro` "
+                              f"(evaluate_boosted, evaluate_hint_cost)")
+        values = [summary["mean"]["si_sdri"] for _, summary in rows]
+        errors = [summary["ci95"]["si_sdri"] or 0.0 for _, summary in rows]
+        ax.errorbar(rates, values, yerr=errors, marker="o", color="tab:blue", capsize=3,
+                    label=f"boosted small, delay {study.delay * CHUNK_MS} ms")
+        for (codec, _), rate, value in zip(rows, rates, values):
+            ax.annotate(codec, (rate, value), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for run, colour, dash in (("small", "tab:red", ":"), ("medium", "tab:orange", "--")):
+            ax.axhline(study.si_sdri(task, run), color=colour, linestyle=dash, label=f"{run} (vanilla)")
+        ax.set_xscale("log")
+        ax.set_title(TASKS[task].label)
+        ax.set_xlabel("hint stream (kbit/s)")
+        ax.grid(alpha=0.3)
+    return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, "sisdri_vs_bitrate")
+
+
 def render_figures(study: Study, out_dir: Path) -> list[Path]:
-    return figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_training(study, out_dir)
+    return (figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_hint_cost(study, out_dir)
+            + figure_training(study, out_dir))
 
 
 # ----------------------------------------------------------------------------------- page
@@ -467,6 +530,9 @@ FIGURE_CAPTIONS = {
     "gain_vs_gap": "Gain of boosting (boosted small minus the same-size vanilla model) versus the gap between the "
                    "large and small vanilla models, per task: the paper's qualitative claim is that the gain grows "
                    "with the gap.",
+    "sisdri_vs_bitrate": "Beyond the paper: SI-SDRi of the boosted small model at the headline delay against the "
+                         "bit rate of its hint stream, hints quantised before sending (float32 as trained, float16, "
+                         "int8, int4; evaluation only), with the vanilla small and medium models as the floor.",
     "training_curves": "Validation SI-SNRi per epoch of every run (DVCLive logs).",
 }
 
