@@ -4,10 +4,13 @@ Reads the test split of --data; writes per-utterance rows to --rows (CSV) and a 
 95% confidence half-widths, PESQ/STOI failure counts) to --summary (JSON). With --mixture it
 scores the unprocessed mixtures (the reference point of SI-SDRi and of the tables).
 Boosted pairs run chunk by chunk with their delay; vanilla models run whole clips (same output).
+--hint-codec quantises a boosted pair's hints before sending (evaluation only: what a cheaper
+link costs); the summary records the codec and the hint stream's bit rate.
 """
 import argparse
 
 import kboost.blas  # noqa: F401  (first: pins OpenBLAS's kernels before numpy loads)
+from kboost.hint_codec import CODECS
 from kboost.tasks import NAMES as TASK_NAMES
 
 
@@ -25,6 +28,8 @@ def main() -> None:
     parser.add_argument("--paired-with", metavar="CSV",
                         help="the rows of another run of the task (e.g. data/eval/ss/medium.csv): also compare "
                              "with it utterance by utterance (mean difference and its 95%% confidence half-width)")
+    parser.add_argument("--hint-codec", choices=CODECS, default="float32",
+                        help="boosted pairs: how hints are quantised before sending (default: %(default)s, as trained)")
     parser.add_argument("--run", help="run name in the summary, e.g. small or boosted-d6 (default: the "
                                       "checkpoint's directory name)")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
@@ -42,7 +47,8 @@ def main() -> None:
 
         evaluate_from_params(args.params, args.task, run_name, args.checkpoint, data_dir=args.data,
                              rows_path=args.rows, summary_path=args.summary, mixture_rows=args.mixture_rows,
-                             paired_rows=args.paired_with, progress=not args.no_progress)
+                             paired_rows=args.paired_with, hint_codec=args.hint_codec,
+                             progress=not args.no_progress)
 
     stage.run(run, f"evaluate {args.task} {run_name}")
 

@@ -97,3 +97,20 @@ def test_paired_difference_is_per_utterance():
     assert paired["si_sdri"]["ci95"] == pytest.approx(confidence_interval(diffs), abs=1e-4)
     with pytest.raises(EvaluationError, match="1 test mixtures have no medium row"):
         paired_difference(boosted, medium.iloc[:3], "medium")
+
+
+def test_both_engines_send_the_hints_through_the_codec():
+    from kboost.hint_codec import get_codec
+
+    test_set = _Clips("se")
+    torch.manual_seed(0)
+    pair = BoostedPair(TFGridNet("se", TINY), TFGridNet("se", TINY_LARGE), delay=1).eval()
+    with torch.no_grad():  # merge modules start as a zero residual: let the hints matter
+        for p in pair.merges.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    for engine in ("torch", "compiled"):
+        exact = estimate(pair, test_set, batch_size=1, progress=False, engine=engine)
+        coarse = estimate(pair, test_set, batch_size=1, progress=False, engine=engine, hint_codec=get_codec("int4"))
+        for key, value in exact.items():
+            assert coarse[key].shape == value.shape
+            assert np.abs(coarse[key] - value).max() > 1e-4 * np.abs(value).max()

@@ -11,6 +11,7 @@ from kboost.report import ReportError, Study, all_tables, load_reported, render_
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["mixture", "small", "medium", "large", "boosted-d0", "boosted-d6", "boosted-d6-p2"]
+CODECS = {"float32": 32, "float16": 16, "int8": 8, "int4": 4}
 
 
 def _summary(value: float) -> dict:
@@ -34,7 +35,14 @@ def study_dir(tmp_path):
             summary = _summary(1.0 + r + t)
             if run.startswith("boosted"):  # paired with medium (run index 2), as evaluate_boosted writes it
                 summary["paired"] = {"against": "medium", "utterances": 10, "si_sdri": {"mean": r - 2.0, "ci95": 0.2}}
+                summary["hint"] = {"codec": "float32", "bits_per_hint": 776 * 32, "kbit_per_second": 3104.0}
             path.write_text(json.dumps(summary))
+        for k, (codec, bits) in enumerate(list(CODECS.items())[1:], start=1):  # evaluate_hint_cost@<task>-<codec>
+            summary = _summary(6.0 + t - 0.5 * k)
+            summary["paired"] = {"against": "boosted-d6", "utterances": 10, "si_sdri": {"mean": -0.5 * k, "ci95": 0.1}}
+            summary["hint"] = {"codec": codec, "bits_per_hint": 776 * bits + 32 * (bits < 16),
+                               "kbit_per_second": (776 * bits + 32 * (bits < 16)) * 125 / 1000}
+            (tmp_path / "metrics" / "eval" / task / f"boosted-d6-{codec}.json").write_text(json.dumps(summary))
         live = tmp_path / "metrics" / "train" / task / "small" / "plots" / "metrics"
         live.mkdir(parents=True)
         (live / "val_si_snri.tsv").write_text("step\tval_si_snri\n1\t-3.0\n2\t-1.5\n")
@@ -61,7 +69,12 @@ def test_tables_and_figures_come_from_metrics_and_are_byte_identical(study_dir, 
     assert first == second
     assert {"tables/main.md", "tables/main.tex", "tables/delays.md", "tables/ablation.md", "tables/complexity.md",
             "tables/paper_vs_run.md", "figures/sisdri_vs_delay.png", "figures/sisdri_vs_delay.pdf",
-            "figures/gain_vs_gap.png", "figures/training_curves.png"} <= set(first)
+            "figures/gain_vs_gap.png", "figures/training_curves.png", "tables/hint_cost.md",
+            "figures/sisdri_vs_bitrate.png"} <= set(first)
+    hint_cost = first["tables/hint_cost.md"].decode()
+    # TSE (t = 1) with int8 (k = 2): si_sdri = 6 + 1 - 1 - 1 = 5.00; 776 x 8 + 32 bits a hint
+    assert "| TSE | int8 | 8 | 6,240 | 780 | 5.00 ± 0.30 | -1.00 ± 0.10 |" in hint_cost
+    assert "| SS | float32 | 32 | 24,832 | 3104 | 5.00 ± 0.30 | +0.00 |" in hint_cost
     main = first["tables/main.md"].decode()
     # SS boosted-d6 is run index 5: si_sdri = 1 + 5 + 0 - 1 = 5.00, with its CI.
     assert "| SS | boosted small (delay 6) | 5.00 ± 0.30 |" in main
@@ -213,11 +226,14 @@ def test_the_results_view_holds_the_headline_numbers_of_every_trained_run(study_
     root, params = study_dir
     view = results_view(Study(params, root), load_reported(root / "paper" / "reported.yaml"))
     names = {(run.task, run.name) for run in view}
-    assert names == {(task, run) for task in ("ss", "tse") for run in RUNS[1:] if not (task == "tse" and "-p" in run)}
+    assert names == ({(task, run) for task in ("ss", "tse") for run in RUNS[1:] if not (task == "tse" and "-p" in run)}
+                     | {(task, f"boosted-d6-{codec}") for task in ("ss", "tse") for codec in list(CODECS)[1:]})
     written = write_results(view, tmp_path / "results")
     ss_d6 = json.loads((tmp_path / "results" / "ss" / "boosted-d6.json").read_text())
     # RUNS index 5, task 0: si_sdri = 1 + 5 - 1; paired gain 5 - 2; the paper's SS gain at 6 chunks
     assert ss_d6 == {"si_sdri": 5.0, "pesq": 1.5, "stoi": 0.7, "gain": 3.0, "paper_gain": 2.31}
     assert "paper_gain" not in json.loads((tmp_path / "results" / "ss" / "boosted-d6-p2.json").read_text())
     assert set(json.loads((tmp_path / "results" / "tse" / "medium.json").read_text())) == {"si_sdri", "pesq", "stoi"}
+    assert json.loads((tmp_path / "results" / "tse" / "boosted-d6-int8.json").read_text()) == {
+        "si_sdri": 5.0, "pesq": 1.5, "stoi": 0.7, "kbit_s": 780.0, "vs_float32": -1.0}
     assert len(written) == len(view)

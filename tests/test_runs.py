@@ -29,7 +29,7 @@ def runs() -> list[Run]:
 def test_the_training_and_evaluation_stages_are_exactly_the_runs(stages, runs):
     declared = {name for name in stages if name.split("@")[0] in
                 ("train_vanilla", "train_boosted", "train_ablation", "score_mixtures", "evaluate_vanilla",
-                 "evaluate_boosted", "evaluate_ablation")}
+                 "evaluate_boosted", "evaluate_ablation", "evaluate_hint_cost")}
     expected = {run.eval_stage for run in runs} | {run.train_stage for run in runs if run.train_stage}
     assert declared == expected
 
@@ -44,7 +44,13 @@ def test_stage_commands_pass_the_paths_of_their_run(stages, runs):
             continue
         assert evaluate[evaluate.index("--checkpoint") + 1] == run.checkpoint().as_posix()
         assert evaluate[evaluate.index("--mixture-rows") + 1] == Run.parse(run.task, "mixture").eval_rows().as_posix()
-        if run.kind != "vanilla":
+        if run.kind == "hint_cost":  # compared with its own pair's float32 hints, same checkpoint
+            float32 = Run.parse(run.task, run.trained)
+            assert evaluate[evaluate.index("--paired-with") + 1] == float32.eval_rows().as_posix()
+            assert evaluate[evaluate.index("--hint-codec") + 1] == run.codec
+            assert evaluate[evaluate.index("--run") + 1] == run.name
+            assert run.checkpoint() == float32.checkpoint() and run.train_stage == float32.train_stage
+        elif run.kind != "vanilla":
             assert evaluate[evaluate.index("--paired-with") + 1] == Run.parse(run.task, "medium").eval_rows().as_posix()
         train = stages[run.train_stage].split()
         assert train[train.index("--out") + 1] == run.checkpoint_dir().as_posix()
@@ -56,10 +62,11 @@ def test_stage_commands_pass_the_paths_of_their_run(stages, runs):
 
 @pytest.mark.parametrize("name, kind, delay, compression", [
     ("mixture", "mixture", None, None), ("medium", "vanilla", None, None),
-    ("boosted-d6", "boosted", 6, 1), ("boosted-d0-p4", "ablation", 0, 4)])
+    ("boosted-d6", "boosted", 6, 1), ("boosted-d0-p4", "ablation", 0, 4), ("boosted-d6-int4", "hint_cost", 6, 1)])
 def test_a_run_name_parses_back_to_its_run(name, kind, delay, compression):
     run = Run.parse("ss", name)
     assert (run.kind, run.delay, run.compression) == (kind, delay, compression)
+    assert run.trained == ("boosted-d6" if kind == "hint_cost" else name)
 
 
 def test_an_unknown_run_name_is_refused_with_the_names_allowed():

@@ -25,8 +25,9 @@ import torch
 from ptflops.pytorch_ops import MODULES_MAPPING
 from torch import nn
 
-from .models import BoostedPair, GridNetSize, TFGridNet, count_parameters
-from .models.frontend import HOP, SAMPLE_RATE, StftFrontEnd
+from .models import BoostedPair, Compression, GridNetSize, TFGridNet, count_parameters
+from .models.boosting import COMPRESSIONS
+from .models.frontend import HOP, N_FREQS, SAMPLE_RATE, StftFrontEnd
 from .models.gridnet import EMBEDDING_DIM, MICS
 from .models.fast_lstm import FastLSTM
 from .models.layers import CausalConvTranspose2d, HeadNorm, HeadPReLU, LocalAttention, StreamingLSTM
@@ -267,7 +268,8 @@ def complexity_report(task: str, sizes: dict[str, GridNetSize], delay: int, comp
     """Parameters and MACs (per chunk and per second) of the small, medium and large models,
     the boosted small model (small + merge modules, device side, hint given), the compression
     (remote) and the remote total (large + compression), plus the reduction boosted small vs
-    medium (medium minus boosted small)."""
+    medium (medium minus boosted small), and the values of one hint (one chunk) per compression P
+    the task's channels allow."""
     torch.manual_seed(seed)
     models = {name: TFGridNet(task, sizes[name]).eval() for name in ("small", "medium", "large")}
     entries = {}
@@ -292,6 +294,7 @@ def complexity_report(task: str, sizes: dict[str, GridNetSize], delay: int, comp
                                      macs["large"] + macs["compression"], "remote",
                                      _sum_breakdowns(parts["large"], parts["compression"]))
     reduction = entries["medium"]["macs_per_chunk"] - entries["boosted_small"]["macs_per_chunk"]
+    channels = 2 * models["large"].n_outputs
     return {
         "task": task,
         "delay": int(delay),
@@ -304,6 +307,8 @@ def complexity_report(task: str, sizes: dict[str, GridNetSize], delay: int, comp
             "params": entries["medium"]["params"] - entries["boosted_small"]["params"],
             "relative": reduction / entries["medium"]["macs_per_chunk"],
         },
+        "hint_values_per_chunk": {str(p): Compression(channels, p).out_channels * N_FREQS
+                                  for p in COMPRESSIONS if channels % p == 0},
     }
 
 

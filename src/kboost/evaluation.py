@@ -18,11 +18,14 @@ from tqdm import tqdm
 
 from .dataset import MixtureDataset, collate
 from .errors import KboostError
+from .complexity import CHUNKS_PER_SECOND
 from .fsutil import atomic_file, remove_stale_temporaries, write_json
+from .hint_codec import HintCodec, get_codec
 from .metrics import score_utterance
 from .models import HOP, BoostedPair, count_parameters
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.fast_lstm import set_enabled as use_fast_lstm
+from .models.frontend import N_FREQS
 from .memory import retain_freed_memory
 from .parallel import limit_threads, map_ordered
 from .params import active_profile, load_params
@@ -38,14 +41,15 @@ class EvaluationError(KboostError, ValueError):
     """Evaluation inputs that do not fit together."""
 
 
-def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool) -> dict:
+def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool, hint_codec=None) -> dict:
     """Boosted pairs streamed clip by clip through the compiled engine, ``threads`` clips at a
     time (its kernels release the GIL); TSE compiles the target's embedding into each engine."""
-    shared = None if get_task(pair.task).needs_embedding else make_streamer(pair)
+    shared = None if get_task(pair.task).needs_embedding else make_streamer(pair, hint_codec=hint_codec)
 
     def run(index: int):
         item = dataset[index]
-        engine = shared if shared is not None else make_streamer(pair, item["embedding"].view(1, -1))
+        engine = shared if shared is not None else make_streamer(pair, item["embedding"].view(1, -1),
+                                                                 hint_codec=hint_codec)
         return item["id"], stream(engine, item["mixture"].numpy())
 
     done = map_ordered(run, range(len(dataset)), workers=threads, desc="streaming", unit="clip",
@@ -55,23 +59,24 @@ def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool)
 
 @torch.inference_mode()
 def estimate(model: torch.nn.Module, dataset, batch_size: int, progress: bool = True,
-             engine: str = "torch", threads: int = 1) -> dict:
+             engine: str = "torch", threads: int = 1, hint_codec: HintCodec | None = None) -> dict:
     """Model outputs for every test clip: ``{mixture_id: [S, 2, N] float32 array}``.
 
     Boosted pairs are streamed chunk by chunk, with ``engine`` "torch" (the modules' step, clips
-    batched) or "compiled" (kboost.streaming, equal to it to ~1e-6, ``threads`` clips at once)."""
+    batched) or "compiled" (kboost.streaming, equal to it to ~1e-6, ``threads`` clips at once),
+    their hints sent through ``hint_codec`` (default: float32, as trained)."""
     model.eval()
     streaming = isinstance(model, BoostedPair)
     if streaming and engine == "compiled":
-        return _estimate_compiled(model, dataset, threads, progress)
+        return _estimate_compiled(model, dataset, threads, progress, hint_codec)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     results = {}
     for batch in tqdm(loader, desc="streaming" if streaming else "inference", unit="batch",
                       disable=not progress, dynamic_ncols=True):
         mixture, embedding = batch["mixture"], batch.get("embedding")
         if streaming:
-            output = stream(make_streamer(model, embedding, "torch", len(mixture), mixture.dtype, mixture.device),
-                            mixture)
+            output = stream(make_streamer(model, embedding, "torch", len(mixture), mixture.dtype, mixture.device,
+                                          hint_codec), mixture)
         else:  # whole clips: zero-pad to whole 8 ms chunks, cut back
             length = mixture.shape[-1]
             output = model(torch.nn.functional.pad(mixture, (0, -length % HOP)), embedding)[..., :length]
@@ -116,7 +121,7 @@ def paired_difference(rows: pd.DataFrame, reference: pd.DataFrame, against: str,
     """Per-utterance differences ``rows - reference`` on the same test mixtures: their mean and
     95% confidence half-width (a paired comparison: far tighter than two separate intervals)."""
     joined = rows.set_index("mixture_id")[list(metrics)].join(
-        reference.set_index("mixture_id")[list(metrics)], rsuffix="_reference", how="inner")
+        reference.set_index("mixture_id")[list(metrics)], suffixes=("", "_reference"), how="inner")
     if len(joined) != len(rows):
         raise EvaluationError(f"paired comparison with {against}: {len(rows) - len(joined)} test mixtures have no "
                          f"{against} row; evaluate both on the same test split")
@@ -141,12 +146,13 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
 def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None, *,
                          data_dir: str | Path, rows_path: str | Path, summary_path: str | Path,
                          mixture_rows: str | Path | None = None, paired_rows: str | Path | None = None,
-                         progress: bool = True) -> dict:
+                         hint_codec: str = "float32", progress: bool = True) -> dict:
     """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split of
     ``data_dir``; write its per-utterance CSV to ``rows_path`` and summary JSON to ``summary_path``;
     return the summary. ``mixture_rows``: the mixtures' scores (PESQ/STOI improvements);
     ``paired_rows``: the rows of a run of the same task (e.g. medium.csv) the summary is compared
-    with utterance by utterance (named by the file's stem)."""
+    with utterance by utterance (named by the file's stem); ``hint_codec``: how a boosted pair's
+    hints are quantised before sending (kboost.hint_codec; evaluation only)."""
 
     params = load_params(params_path)
     use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
@@ -165,10 +171,14 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
         model, info = load_checkpoint(checkpoint)
         if info.task != task:
             raise CheckpointError(f"{checkpoint}: a {info.task} model cannot be evaluated on the {task} test split")
+        codec = get_codec(hint_codec)
+        if info.kind != "boosted" and codec.name != "float32":
+            raise EvaluationError(f"{checkpoint}: a {info.kind} model sends no hints; --hint-codec needs a boosted pair")
         threads = int(prof["threads"]) or torch.get_num_threads()
         if info.kind == "boosted" and prof["engine"] == "compiled":
             limit_threads(1)  # one clip per thread: each thread's BLAS calls stay single-threaded
-        estimates = estimate(model, test_set, int(prof["batch_size"]), progress, engine=prof["engine"], threads=threads)
+        estimates = estimate(model, test_set, int(prof["batch_size"]), progress, engine=prof["engine"], threads=threads,
+                             hint_codec=codec if info.kind == "boosted" else None)
         rows = score(test_set, estimates, int(prof["workers"]), progress)
         if mixture_rows is not None:
             mixture = pd.read_csv(mixture_rows).set_index("mixture_id")[["pesq", "stoi"]]
@@ -183,6 +193,11 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
                        sizes={role: size.to_dict() for role, size in info.sizes.items()},
                        parameters_on_device=count_parameters(*device),
                        best_epoch=best_epoch(history)["epoch"] if history else None, streaming=info.kind == "boosted")
+        if info.kind == "boosted":
+            values = model.compression.out_channels * N_FREQS
+            summary["hint"] = {"codec": codec.name, "bits_per_value": codec.bits, "values_per_hint": values,
+                               "bits_per_hint": codec.bits_per_hint(values),
+                               "kbit_per_second": codec.kbit_per_second(values, CHUNKS_PER_SECOND)}
     write_rows(rows, rows_path)
     write_json(summary_path, summary)
     return summary

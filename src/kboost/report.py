@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 
 from .errors import KboostError
-from .runs import EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch, run_name, study_runs
+from .hint_codec import get_codec
+from .runs import (EVAL_METRICS_DIR, HINT_COST_CODECS, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch,
+                   run_name, study_runs)
 from .tasks import TASKS
 
 CHUNK_MS = 8
@@ -167,22 +169,34 @@ def ablation_table(study: Study) -> Table | None:
         return None
     table = Table("ablation", "Compression ablation (SS): hint channels cut by P before sending; SI-SDRi in dB; "
                               "gain over medium as in the delay table (paired, per utterance).",
-                  ["delay (chunks)", "P", "hint channels", "SI-SDRi (dB)", "gain over medium (dB)"])
-    channels = 2 * 4  # SS: 4 complex outputs -> 8 real channels
+                  ["delay (chunks)", "P", "hint channels", "hint stream (kbit/s)", "SI-SDRi (dB)",
+                   "gain over medium (dB)"])
+    channels = 2 * TASKS["ss"].output_channels  # real and imaginary part of every output channel
     for delay in sorted(study.ablation["delays"]):
         for p in sorted({study.compression, *study.ablation["compressions"]}):
             run = study.boosted(delay, p)
             summary = study.summary("ss", run)
-            table.rows.append([str(delay), str(p), str(channels // p), with_ci(summary, "si_sdri"), paired_gain(summary)])
+            table.rows.append([str(delay), str(p), str(channels // p), f"{hint_kbit_per_second(study, 'ss', p):,.0f}",
+                               with_ci(summary, "si_sdri"), paired_gain(summary)])
     return table
+
+
+def hint_kbit_per_second(study: Study, task: str, compression: int, codec: str = "float32",
+                         scale: str = "profile_sizes") -> float:
+    """Bit rate of the hint stream of ``task`` at compression P (macs.json: values of one hint)."""
+    values = study.macs["reports"][scale][task]["hint_values_per_chunk"][str(compression)]
+    return get_codec(codec).kbit_per_second(values, study.macs["chunks_per_second"])
 
 
 def complexity_table(study: Study) -> Table:
     paper = study.macs.get("paper_reduction_macs_per_chunk", {})
+    ps = sorted(int(p) for p in study.macs["reports"]["profile_sizes"][study.tasks[0]]["hint_values_per_chunk"])
     table = Table("complexity", "Parameters and MACs per 8 ms chunk (streaming, warm state; x125 per second) at the "
-                                "paper's sizes and at this run's sizes; reduction = medium minus boosted small.",
+                                "paper's sizes and at this run's sizes; reduction = medium minus boosted small; "
+                                "hint stream: what the remote side sends, float32 (values per chunk x 32 bits x "
+                                "125 chunks/s), at each compression P.",
                   ["scale", "task", "small", "medium", "boosted small (device)", "large + compression (remote)",
-                   "reduction", "paper's reduction"])
+                   "reduction", "paper's reduction", f"hint stream (kbit/s, P = {' / '.join(map(str, ps))})"])
     for scale, label in (("paper_sizes", "paper"), ("profile_sizes", f"this run ({study.macs['profile']})")):
         for task in study.tasks:
             models = study.macs["reports"][scale][task]["models"]
@@ -191,10 +205,43 @@ def complexity_table(study: Study) -> Table:
                 return f"{models[key]['params']:,} p / {millions(models[key]['macs_per_chunk'])}"
 
             reduction = study.macs["reduction_macs_per_chunk"][scale][task]
+            hints = study.macs["reports"][scale][task]["hint_values_per_chunk"]
+            rates = " / ".join(f"{hint_kbit_per_second(study, task, p, scale=scale):,.0f}" if str(p) in hints else "n/a" for p in ps)
             table.rows.append([label, TASKS[task].label, cell("small"), cell("medium"), cell("boosted_small"),
                                cell("remote_total"), millions(reduction),
-                               millions(paper[task]) if task in paper else "n/a"])
+                               millions(paper[task]) if task in paper else "n/a", rates])
     table.notes.extend(_convention_notes(study.macs["convention"]))
+    return table
+
+
+def hint_cost_rows(study: Study, task: str) -> list[tuple[str, dict]]:
+    """(codec, evaluation summary) of the headline pair with every codec, float32 (as trained) first."""
+    float32 = study.boosted(study.delay)
+    return [("float32", study.summary(task, float32))] + [(codec, study.summary(task, f"{float32}-{codec}"))
+                                                          for codec in HINT_COST_CODECS]
+
+
+def hint_cost_table(study: Study) -> Table:
+    table = Table("hint_cost", f"What a hint costs to send (beyond the paper): the boosted pairs of delay {study.delay} "
+                               f"({study.delay * CHUNK_MS} ms) with their hints quantised before sending, evaluation "
+                               f"only (no retraining); integer codecs scale each frame by its peak and send that "
+                               f"float32 scale along. Change: this codec minus float32 on the same test utterances "
+                               f"(paired mean ± 95% confidence half-width).",
+                  ["task", "codec", "bits / value", "bits / hint", "hint stream (kbit/s)", "SI-SDRi (dB)",
+                   "change vs float32 (dB)"])
+    for task in study.tasks:
+        for codec, summary in hint_cost_rows(study, task):
+            hint = summary.get("hint", {})
+            if codec == "float32":
+                change = signed(0.0)
+            else:
+                paired = summary.get("paired", {}).get("si_sdri", {})
+                change = "n/a" if paired.get("mean") is None else (
+                    signed(paired["mean"]) + ("" if paired.get("ci95") is None else f" ± {fmt(paired['ci95'])}"))
+            bits = hint.get("bits_per_hint")
+            table.rows.append([TASKS[task].label, codec, str(get_codec(codec).bits),
+                               "n/a" if bits is None else f"{bits:,}", fmt(hint.get("kbit_per_second"), 0),
+                               with_ci(summary, "si_sdri"), change])
     return table
 
 
@@ -254,7 +301,7 @@ def paper_vs_run_table(study: Study, reported: dict) -> Table:
 
 def all_tables(study: Study, reported: dict) -> list[Table]:
     tables = [main_table(study), delay_table(study), ablation_table(study), complexity_table(study),
-              paper_vs_run_table(study, reported)]
+              hint_cost_table(study), paper_vs_run_table(study, reported)]
     return [t for t in tables if t is not None]
 
 
@@ -262,7 +309,8 @@ def all_tables(study: Study, reported: dict) -> list[Table]:
 def results_view(study: Study, reported: dict) -> dict[Run, dict]:
     """The few numbers per trained run that `dvc metrics show` lists (one file per run, so the
     path says which model and delay): test SI-SDRi, PESQ, STOI; for a boosted pair its paired gain
-    over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain)."""
+    over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain);
+    for a hint-cost run the hint stream's kbit_s and its paired change vs its float32 pair (vs_float32)."""
     gain = reported["si_sdr_gain_over_same_size_db"]
     view = {}
     for run in study_runs(study.params):
@@ -272,8 +320,11 @@ def results_view(study: Study, reported: dict) -> dict[Run, dict]:
         mean = summary["mean"]
         row = {"si_sdri": _rounded(mean.get("si_sdri"), 2), "pesq": _rounded(mean.get("pesq"), 2),
                "stoi": _rounded(mean.get("stoi"), 3)}
-        if run.kind != "vanilla":
-            row["gain"] = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
+        paired = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
+        if run.kind == "hint_cost":
+            row.update(kbit_s=_rounded(summary.get("hint", {}).get("kbit_per_second"), 1), vs_float32=paired)
+        elif run.kind != "vanilla":
+            row["gain"] = paired
         if run.kind == "boosted" and run.delay == int(gain["delay_chunks"]) and run.task in gain["values"]:
             row["paper_gain"] = gain["values"][run.task]
         view[run] = row
@@ -441,8 +492,35 @@ def figure_training(study: Study, out_dir: Path) -> list[Path]:
     return _finish(plt, fig, axes[0], "validation SI-SNRi (dB)", 6, out_dir, "training_curves")
 
 
+def figure_hint_cost(study: Study, out_dir: Path) -> list[Path]:
+    """SI-SDRi of the headline pair against the bit rate of its (quantised) hint stream, per task,
+    the vanilla small and medium models as the floor lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(3.2 * len(study.tasks), 2.8), squeeze=False)
+    for ax, task in zip(axes[0], study.tasks):
+        rows = hint_cost_rows(study, task)
+        rates = [summary.get("hint", {}).get("kbit_per_second") for _, summary in rows]
+        if any(rate is None for rate in rates):
+            raise ReportError(f"metrics/eval/{task}: a boosted summary has no hint entry; rerun `dvc repro` "
+                              f"(evaluate_boosted, evaluate_hint_cost)")
+        values = [summary["mean"]["si_sdri"] for _, summary in rows]
+        errors = [summary["ci95"]["si_sdri"] or 0.0 for _, summary in rows]
+        ax.errorbar(rates, values, yerr=errors, marker="o", color="tab:blue", capsize=3,
+                    label=f"boosted small, delay {study.delay * CHUNK_MS} ms")
+        for (codec, _), rate, value in zip(rows, rates, values):
+            ax.annotate(codec, (rate, value), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for run, colour, dash in (("small", "tab:red", ":"), ("medium", "tab:orange", "--")):
+            ax.axhline(study.si_sdri(task, run), color=colour, linestyle=dash, label=f"{run} (vanilla)")
+        ax.set_xscale("log")
+        ax.set_title(TASKS[task].label)
+        ax.set_xlabel("hint stream (kbit/s)")
+        ax.grid(alpha=0.3)
+    return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, "sisdri_vs_bitrate")
+
+
 def render_figures(study: Study, out_dir: Path) -> list[Path]:
-    return figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_training(study, out_dir)
+    return (figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_hint_cost(study, out_dir)
+            + figure_training(study, out_dir))
 
 
 # ----------------------------------------------------------------------------------- page
@@ -452,6 +530,9 @@ FIGURE_CAPTIONS = {
     "gain_vs_gap": "Gain of boosting (boosted small minus the same-size vanilla model) versus the gap between the "
                    "large and small vanilla models, per task: the paper's qualitative claim is that the gain grows "
                    "with the gap.",
+    "sisdri_vs_bitrate": "Beyond the paper: SI-SDRi of the boosted small model at the headline delay against the "
+                         "bit rate of its hint stream, hints quantised before sending (float32 as trained, float16, "
+                         "int8, int4; evaluation only), with the vanilla small and medium models as the floor.",
     "training_curves": "Validation SI-SNRi per epoch of every run (DVCLive logs).",
 }
 

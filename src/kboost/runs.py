@@ -6,8 +6,10 @@ stage scripts read it too). One place for what dvc.yaml spells out per stage:
     vanilla    small | medium | large   train_vanilla@<task>-<m>   evaluate_vanilla@<task>-<m>
     boosted    boosted-d<C>             train_boosted@<task>-<C>   evaluate_boosted@<task>-<C>
     ablation   boosted-d<C>-p<P>        train_ablation@<P>-<C>     evaluate_ablation@<P>-<C>  (SS)
+    hint_cost  boosted-d<C>-<codec>     (the boosted-d<C> pair)    evaluate_hint_cost@<task>-<codec>
 
-(P = model.compression for the main boosted runs; an ablation run has another P.)
+(P = model.compression for the main boosted runs; an ablation run has another P. A hint_cost run
+is the headline-delay pair evaluated with its hints quantised before sending, kboost.hint_codec.)
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ EVAL_METRICS_DIR = Path("metrics/eval")
 TRAIN_METRICS_DIR = Path("metrics/train")
 RESULTS_DIR = Path("metrics/results")     # the compact view `dvc metrics show` prints
 ABLATION_TASK = "ss"
-_BOOSTED_NAME = re.compile(r"boosted-d(\d+)(?:-p(\d+))?")
+# Codecs the hint-cost study evaluates at the headline delay (float32, as trained, is the boosted
+# run itself). dvc.yaml's evaluate_hint_cost matrix lists the same (tests/test_runs.py checks).
+HINT_COST_CODECS = ("float16", "int8", "int4")
+_BOOSTED_NAME = re.compile(r"boosted-d(\d+)(?:-p(\d+))?(?:-(" + "|".join(HINT_COST_CODECS) + r"))?")
 
 
 def run_name(model: str, delay: int | None = None, compression: int = 1, main_compression: int = 1) -> str:
@@ -42,21 +47,27 @@ class Run:
 
     task: str
     name: str
-    kind: str                        # mixture, vanilla, boosted or ablation
+    kind: str                        # mixture, vanilla, boosted, ablation or hint_cost
     delay: int | None = None
     compression: int | None = None
+    codec: str | None = None         # hint_cost: how the hints were quantised
 
     @classmethod
     def parse(cls, task: str, name: str, main_compression: int = 1) -> "Run":
-        """The run of ``task`` called ``name`` (mixture, a vanilla size, boosted-d<C>[-p<P>])."""
+        """The run of ``task`` called ``name`` (mixture, a vanilla size, boosted-d<C>[-p<P>][-<codec>])."""
         if name == "mixture":
             return cls(task, name, "mixture")
         if name in VANILLA:
             return cls(task, name, "vanilla")
         match = _BOOSTED_NAME.fullmatch(name)
         if match is None:
-            raise ValueError(f"unknown run {name!r}: expected mixture, {', '.join(VANILLA)} or boosted-d<C>[-p<P>]")
-        delay, compression = int(match[1]), match[2]
+            raise ValueError(f"unknown run {name!r}: expected mixture, {', '.join(VANILLA)} or "
+                             f"boosted-d<C>[-p<P>][-<codec: {'|'.join(HINT_COST_CODECS)}>]")
+        delay, compression, codec = int(match[1]), match[2], match[3]
+        if codec is not None:
+            if compression is not None:
+                raise ValueError(f"unknown run {name!r}: the hint-cost study quantises the main pairs' hints only")
+            return cls(task, name, "hint_cost", delay, main_compression, codec)
         if compression is None:
             return cls(task, name, "boosted", delay, main_compression)
         return cls(task, name, "ablation", delay, int(compression))
@@ -67,10 +78,16 @@ class Run:
         return {"mixture": None, "vanilla": self.name}.get(self.kind, "boosted")
 
     @property
+    def trained(self) -> str:
+        """The name of the run whose model this run uses (a hint_cost run: its float32 pair)."""
+        return f"boosted-d{self.delay}" if self.kind == "hint_cost" else self.name
+
+    @property
     def train_stage(self) -> str | None:
         return {"mixture": None,
                 "vanilla": f"train_vanilla@{self.task}-{self.name}",
                 "boosted": f"train_boosted@{self.task}-{self.delay}",
+                "hint_cost": f"train_boosted@{self.task}-{self.delay}",
                 "ablation": f"train_ablation@{self.compression}-{self.delay}"}[self.kind]
 
     @property
@@ -78,19 +95,20 @@ class Run:
         return {"mixture": f"score_mixtures@{self.task}",
                 "vanilla": f"evaluate_vanilla@{self.task}-{self.name}",
                 "boosted": f"evaluate_boosted@{self.task}-{self.delay}",
-                "ablation": f"evaluate_ablation@{self.compression}-{self.delay}"}[self.kind]
+                "ablation": f"evaluate_ablation@{self.compression}-{self.delay}",
+                "hint_cost": f"evaluate_hint_cost@{self.task}-{self.codec}"}[self.kind]
 
     # Paths under a root (the default: where dvc.yaml puts them).
     def checkpoint_dir(self, root: Path = MODELS_DIR) -> Path:
-        return Path(root) / self.task / self.name
+        return Path(root) / self.task / self.trained
 
     def checkpoint(self, root: Path = MODELS_DIR) -> Path:
         """The weights evaluation uses (best validation epoch)."""
         return self.checkpoint_dir(root) / "best.pt"
 
     def live_dir(self, root: Path = TRAIN_METRICS_DIR) -> Path:
-        """The run's DVCLive log."""
-        return Path(root) / self.task / self.name
+        """The DVCLive log of the run's training."""
+        return Path(root) / self.task / self.trained
 
     def eval_rows(self, root: Path = EVAL_ROWS_DIR) -> Path:
         """Per-utterance scores (CSV, DVC-cached)."""
@@ -107,7 +125,8 @@ class Run:
 
 def study_runs(params: dict) -> list[Run]:
     """Every run the active study makes, in pipeline order: per task the mixtures, the vanilla
-    models and the boosted pairs per delay, then the SS compression ablation."""
+    models and the boosted pairs per delay, then the SS compression ablation, then the hint-cost
+    study (per task, the headline-delay pair with each of HINT_COST_CODECS)."""
     compression = int(params["model"]["compression"])
     runs = []
     for task in params["tasks"]:
@@ -120,6 +139,10 @@ def study_runs(params: dict) -> list[Run]:
             for d in params["ablation"]["delays"]:
                 runs.append(Run(ABLATION_TASK, run_name("boosted", int(d), int(p), compression), "ablation",
                                 int(d), int(p)))
+    delay = int(params["delay"])
+    for task in params["tasks"]:
+        runs.extend(Run(task, f"{run_name('boosted', delay)}-{codec}", "hint_cost", delay, compression, codec)
+                    for codec in HINT_COST_CODECS)
     return runs
 
 

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .hint_codec import CODECS, HintCodec
 from .models import HOP, LOOKAHEAD, BoostedPair, TFGridNet
 from .models.frontend import stream_length
 from .models.gridnet import check_audio, check_embedding
@@ -43,17 +44,19 @@ class Streamer(Protocol):
 
 class HintLink:
     """The network between the remote and the device side: every hint arrives ``delay`` chunks
-    after it was sent, in order; until the first one arrives the device gets zeros."""
+    after it was sent, in order; until the first one arrives the device gets zeros. ``codec``
+    (:mod:`kboost.hint_codec`, default float32: as trained) quantises each hint before sending."""
 
-    def __init__(self, delay: int):
+    def __init__(self, delay: int, codec: HintCodec | None = None):
         if delay < 0:
             raise ValueError(f"delay must be >= 0 chunks, got {delay}")
         self.delay = delay
+        self.codec = codec or CODECS["float32"]
 
     def deliver(self, sent, in_flight: list):
-        """Queue ``sent`` on ``in_flight`` (the state's list of hints on the way); return the
-        hint that arrives now."""
-        in_flight.append(sent)
+        """Queue ``sent`` (as the codec lets it through) on ``in_flight`` (the state's list of
+        hints on the way); return the hint that arrives now."""
+        in_flight.append(self.codec(sent))
         if len(in_flight) > self.delay:
             return in_flight.pop(0)
         return torch.zeros_like(sent) if isinstance(sent, torch.Tensor) else np.zeros_like(sent)
@@ -115,23 +118,31 @@ class TorchBoostedStreamer(BoostedSides, TorchStreamer):
 
 
 def make_streamer(model, embedding=None, engine: str = "compiled", batch: int = 1,
-                  dtype=torch.float32, device=None):
+                  dtype=torch.float32, device=None, hint_codec: HintCodec | None = None):
     """The streamer of a TFGridNet or BoostedPair: ``engine`` "compiled" (kboost.streaming; its
     weights copied now, batch 1) or "torch" (the modules themselves, ``batch`` clips of
-    ``dtype`` on ``device``); ``embedding``: the TSE target's d-vector(s), [batch, 256]."""
+    ``dtype`` on ``device``); ``embedding``: the TSE target's d-vector(s), [batch, 256];
+    ``hint_codec``: how a boosted pair's hints are quantised before sending (default: float32)."""
+    if hint_codec is not None and not isinstance(model, BoostedPair):
+        raise ValueError(f"a hint codec needs a boosted pair; {type(model).__name__} sends no hints")
     if engine == "compiled":
         from .streaming import compile_model  # numba: loaded only when used
 
-        return compile_model(model, embedding)
-    if engine != "torch":
+        streamer = compile_model(model, embedding)
+    elif engine != "torch":
         raise ValueError(f"unknown streaming engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if embedding is not None:
-        embedding = torch.as_tensor(embedding, dtype=dtype, device=device).reshape(batch, -1)
-    if isinstance(model, BoostedPair):
-        return TorchBoostedStreamer(model, embedding, batch, dtype, device)
-    if isinstance(model, TFGridNet):
-        return TorchStreamer(model, embedding, batch, dtype, device)
-    raise TypeError(f"cannot stream {type(model).__name__}: expected TFGridNet or BoostedPair")
+    else:
+        if embedding is not None:
+            embedding = torch.as_tensor(embedding, dtype=dtype, device=device).reshape(batch, -1)
+        if isinstance(model, BoostedPair):
+            streamer = TorchBoostedStreamer(model, embedding, batch, dtype, device)
+        elif isinstance(model, TFGridNet):
+            streamer = TorchStreamer(model, embedding, batch, dtype, device)
+        else:
+            raise TypeError(f"cannot stream {type(model).__name__}: expected TFGridNet or BoostedPair")
+    if hint_codec is not None:
+        streamer.link = HintLink(streamer.link.delay, hint_codec)
+    return streamer
 
 
 def stream(streamer: Streamer, audio, timing: dict | None = None):
