@@ -5,7 +5,8 @@ Reads the test split of --data; writes per-utterance rows to --rows (CSV) and a 
 scores the unprocessed mixtures (the reference point of SI-SDRi and of the tables).
 Boosted pairs run chunk by chunk with their delay; vanilla models run whole clips (same output).
 --hint-codec quantises a boosted pair's hints before sending (evaluation only: what a cheaper
-link costs); the summary records the codec and the hint stream's bit rate.
+link costs); the summary records the codec and the hint stream's bit rate. --delay runs a
+variable-delay pair (trained with the delay drawn per clip) at one delay.
 """
 import argparse
 
@@ -30,6 +31,7 @@ def main() -> None:
                              "with it utterance by utterance (mean difference and its 95%% confidence half-width)")
     parser.add_argument("--hint-codec", choices=CODECS, default="float32",
                         help="boosted pairs: how hints are quantised before sending (default: %(default)s, as trained)")
+    parser.add_argument("--delay", type=int, help="a variable-delay pair: the hint delay (chunks) to run it at")
     parser.add_argument("--run", help="run name in the summary, e.g. small or boosted-d6 (default: the "
                                       "checkpoint's directory name)")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
@@ -47,7 +49,7 @@ def main() -> None:
 
         evaluate_from_params(args.params, args.task, run_name, args.checkpoint, data_dir=args.data,
                              rows_path=args.rows, summary_path=args.summary, mixture_rows=args.mixture_rows,
-                             paired_rows=args.paired_with, hint_codec=args.hint_codec,
+                             paired_rows=args.paired_with, hint_codec=args.hint_codec, delay=args.delay,
                              progress=not args.no_progress)
 
     stage.run(run, f"evaluate {args.task} {run_name}")

@@ -1,4 +1,5 @@
-"""DVC stages train_vanilla@<task>-<size>, train_boosted@<task>-<delay> and train_ablation@<P>-<delay>.
+"""DVC stages train_vanilla@<task>-<size>, train_boosted@<task>-<delay>, train_ablation@<P>-<delay> and
+train_variable@<task> (one pair for every delay, the delay drawn per training clip).
 
 Trains one model on the mixtures in --data (data/mixtures/<task>) with the authors' recipe (params `train`) at the active
 profile's scale (params profiles.<profile>.train and .models). Writes to --out: best.pt (best
@@ -20,7 +21,8 @@ from kboost.tasks import NAMES as TASK_NAMES
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=TASK_NAMES)
-    parser.add_argument("--model", required=True, choices=["small", "medium", "large", "boosted"])
+    parser.add_argument("--model", required=True, choices=["small", "medium", "large", "boosted", "variable"],
+                        help="variable: a boosted pair trained with the delay drawn per clip (params variable_delay)")
     parser.add_argument("--delay", type=int, help="boosted: hint delay in 8 ms chunks")
     parser.add_argument("--compression", type=int, help="boosted: compression factor P (default: params model.compression)")
     parser.add_argument("--large", help="boosted: the trained vanilla large checkpoint to start from")

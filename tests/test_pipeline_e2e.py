@@ -74,11 +74,21 @@ def test_smoke_repro_end_to_end(repo):
     assert boosted["streaming"] and boosted["delay"] == 2
     # `dvc metrics show` is the study at a glance: one line per run, a few columns, a terminal's width.
     shown = _run(["dvc", "metrics", "show"], repo).stdout.splitlines()
-    assert shown[0].split() == ["Path", "gain", "pesq", "si_sdri", "stoi"], shown[0]  # no delay 6: no paper_gain
-    assert len(shown) == 1 + 3 * 4 + 1 and max(map(len, shown)) <= 100, shown
+    # no delay 6: no paper_gain; kbit_s and change: the hint-cost and variable-delay runs
+    assert shown[0].split() == ["Path", "change", "gain", "kbit_s", "pesq", "si_sdri", "stoi"], shown[0]
+    # per task 3 vanilla, boosted-d2, 3 codecs, the variable-delay pair at 2; the SS ablation pair
+    assert len(shown) == 1 + 3 * 8 + 1 and max(map(len, shown)) <= 100, shown
     result = json.loads((repo / "metrics" / "results" / "ss" / "boosted-d2.json").read_text())
     assert result["si_sdri"] == round(boosted["mean"]["si_sdri"], 2)
     assert result["gain"] == round(boosted["paired"]["si_sdri"]["mean"], 2) and "paper_gain" not in result
+    variable = json.loads((repo / "metrics" / "eval" / "ss" / "boosted-var-d2.json").read_text())
+    assert variable["delay"] == 2 and variable["delay_range"] == [0, 6] and variable["paired"]["against"] == "boosted-d2"
+    link = json.loads((repo / "metrics" / "eval" / "ss" / "link.json").read_text())
+    assert link["utterances"] == 4 and link["base_delay"] == 2
+    assert {(e["pair"], e["sweep"]) for e in link["results"]} == {
+        (pair, sweep) for pair in ("fixed", "variable") for sweep in ("loss", "jitter")}
+    # the perfect link, whole clips, gives the pair's own (streamed) evaluation
+    assert link["check"]["max_abs_si_sdri_difference"] <= 1e-3
     status = _run(["dvc", "status"], repo)
     assert "up to date" in status.stdout
     again = _run(["dvc", "repro"], repo)

@@ -43,6 +43,18 @@ def study_dir(tmp_path):
             summary["hint"] = {"codec": codec, "bits_per_hint": 776 * bits + 32 * (bits < 16),
                                "kbit_per_second": (776 * bits + 32 * (bits < 16)) * 125 / 1000}
             (tmp_path / "metrics" / "eval" / task / f"boosted-d6-{codec}.json").write_text(json.dumps(summary))
+        for delay in (0, 6):  # evaluate_variable@<task>-<delay>: paired with boosted-d<delay>
+            summary = _summary(4.0 + t + delay / 6)
+            summary["paired"] = {"against": f"boosted-d{delay}", "utterances": 10,
+                                 "si_sdri": {"mean": -0.25 - delay / 12, "ci95": 0.1}}
+            (tmp_path / "metrics" / "eval" / task / f"boosted-var-d{delay}.json").write_text(json.dumps(summary))
+        results = [{"pair": pair, "sweep": sweep, "loss_rate": loss, "jitter": jitter, "frames_with_hint": 1 - loss,
+                    "si_sdri": {"mean": 5.0 + t - 4 * loss - jitter / 4 - (pair == "variable") * 0.5, "ci95": 0.2}}
+                   for sweep, loss, jitter in (("loss", 0.0, 0.0), ("loss", 0.2, 0.0), ("jitter", 0.0, 2.0))
+                   for pair in ("fixed", "variable")]
+        (tmp_path / "metrics" / "eval" / task / "link.json").write_text(json.dumps({  # evaluate_link@<task>
+            "task": task, "utterances": 10, "base_delay": 6, "results": results, "floors": {"small": 1.0, "medium": 2.0},
+            "link": {"burst_chunks": 4, "jitter": "geometric", "policy": "newest", "max_age": 16}}))
         live = tmp_path / "metrics" / "train" / task / "small" / "plots" / "metrics"
         live.mkdir(parents=True)
         (live / "val_si_snri.tsv").write_text("step\tval_si_snri\n1\t-3.0\n2\t-1.5\n")
@@ -70,7 +82,15 @@ def test_tables_and_figures_come_from_metrics_and_are_byte_identical(study_dir, 
     assert {"tables/main.md", "tables/main.tex", "tables/delays.md", "tables/ablation.md", "tables/complexity.md",
             "tables/paper_vs_run.md", "figures/sisdri_vs_delay.png", "figures/sisdri_vs_delay.pdf",
             "figures/gain_vs_gap.png", "figures/training_curves.png", "tables/hint_cost.md",
-            "figures/sisdri_vs_bitrate.png"} <= set(first)
+            "figures/sisdri_vs_bitrate.png", "tables/variable_delay.md", "tables/link.md",
+            "figures/sisdri_vs_delay_variable.png", "figures/sisdri_vs_loss.png", "figures/sisdri_vs_jitter.png"} <= set(first)
+    variable = first["tables/variable_delay.md"].decode()
+    # TSE (t = 1) at delay 6: per-delay pair run index 5 -> 6.00; variable 4 + 1 + 1 - 1 = 5.00, paired -0.75
+    assert "| TSE | 6 | 48 | 6.00 ± 0.30 | 5.00 ± 0.30 | -0.75 ± 0.10 |" in variable
+    link = first["tables/link.md"].decode()
+    # SS (t = 0) at 20% loss: fixed 5 - 0.8 = 4.20, variable 3.70; 80% of frames with a hint
+    assert "| SS | loss | 20 | 0 | 80.0 | 4.20 ± 0.20 | 3.70 ± 0.20 | 1.00 | 2.00 |" in link
+    assert "| TSE | jitter | 0 | 2 | 100.0 | 5.50 ± 0.20 | 5.00 ± 0.20 | 1.00 | 2.00 |" in link
     hint_cost = first["tables/hint_cost.md"].decode()
     # TSE (t = 1) with int8 (k = 2): si_sdri = 6 + 1 - 1 - 1 = 5.00; 776 x 8 + 32 bits a hint
     assert "| TSE | int8 | 8 | 6,240 | 780 | 5.00 ± 0.30 | -1.00 ± 0.10 |" in hint_cost
@@ -227,7 +247,8 @@ def test_the_results_view_holds_the_headline_numbers_of_every_trained_run(study_
     view = results_view(Study(params, root), load_reported(root / "paper" / "reported.yaml"))
     names = {(run.task, run.name) for run in view}
     assert names == ({(task, run) for task in ("ss", "tse") for run in RUNS[1:] if not (task == "tse" and "-p" in run)}
-                     | {(task, f"boosted-d6-{codec}") for task in ("ss", "tse") for codec in list(CODECS)[1:]})
+                     | {(task, f"boosted-d6-{codec}") for task in ("ss", "tse") for codec in list(CODECS)[1:]}
+                     | {(task, f"boosted-var-d{delay}") for task in ("ss", "tse") for delay in (0, 6)})
     written = write_results(view, tmp_path / "results")
     ss_d6 = json.loads((tmp_path / "results" / "ss" / "boosted-d6.json").read_text())
     # RUNS index 5, task 0: si_sdri = 1 + 5 - 1; paired gain 5 - 2; the paper's SS gain at 6 chunks
@@ -235,5 +256,7 @@ def test_the_results_view_holds_the_headline_numbers_of_every_trained_run(study_
     assert "paper_gain" not in json.loads((tmp_path / "results" / "ss" / "boosted-d6-p2.json").read_text())
     assert set(json.loads((tmp_path / "results" / "tse" / "medium.json").read_text())) == {"si_sdri", "pesq", "stoi"}
     assert json.loads((tmp_path / "results" / "tse" / "boosted-d6-int8.json").read_text()) == {
-        "si_sdri": 5.0, "pesq": 1.5, "stoi": 0.7, "kbit_s": 780.0, "vs_float32": -1.0}
+        "si_sdri": 5.0, "pesq": 1.5, "stoi": 0.7, "kbit_s": 780.0, "change": -1.0}
+    assert json.loads((tmp_path / "results" / "ss" / "boosted-var-d6.json").read_text()) == {
+        "si_sdri": 4.0, "pesq": 1.5, "stoi": 0.7, "change": -0.75}
     assert len(written) == len(view)

@@ -146,13 +146,14 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
 def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None, *,
                          data_dir: str | Path, rows_path: str | Path, summary_path: str | Path,
                          mixture_rows: str | Path | None = None, paired_rows: str | Path | None = None,
-                         hint_codec: str = "float32", progress: bool = True) -> dict:
+                         hint_codec: str = "float32", delay: int | None = None, progress: bool = True) -> dict:
     """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split of
     ``data_dir``; write its per-utterance CSV to ``rows_path`` and summary JSON to ``summary_path``;
     return the summary. ``mixture_rows``: the mixtures' scores (PESQ/STOI improvements);
     ``paired_rows``: the rows of a run of the same task (e.g. medium.csv) the summary is compared
     with utterance by utterance (named by the file's stem); ``hint_codec``: how a boosted pair's
-    hints are quantised before sending (kboost.hint_codec; evaluation only)."""
+    hints are quantised before sending (kboost.hint_codec; evaluation only); ``delay``: run a
+    variable-delay pair with its hints that many chunks late."""
 
     params = load_params(params_path)
     use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
@@ -171,6 +172,14 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
         model, info = load_checkpoint(checkpoint)
         if info.task != task:
             raise CheckpointError(f"{checkpoint}: a {info.task} model cannot be evaluated on the {task} test split")
+        if delay is not None:
+            if info.delay_range is None:
+                raise EvaluationError(f"{checkpoint}: --delay needs a variable-delay pair; this {info.kind} model "
+                                      f"was trained for delay {info.delay} only")
+            try:
+                model.at_delay(delay)
+            except ValueError as exc:
+                raise EvaluationError(f"{checkpoint}: {exc}") from exc
         codec = get_codec(hint_codec)
         if info.kind != "boosted" and codec.name != "float32":
             raise EvaluationError(f"{checkpoint}: a {info.kind} model sends no hints; --hint-codec needs a boosted pair")
@@ -189,7 +198,8 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
             summary["paired"] = paired_difference(rows, reference, Path(paired_rows).stem)
         device = [model.small, model.merges] if info.kind == "boosted" else [model]
         history = info.meta.get("history")
-        summary.update(kind=info.kind, delay=info.delay, compression=info.compression,
+        summary.update(kind=info.kind, delay=model.delay if info.kind == "boosted" else None,
+                       delay_range=list(info.delay_range) if info.delay_range else None, compression=info.compression,
                        sizes={role: size.to_dict() for role, size in info.sizes.items()},
                        parameters_on_device=count_parameters(*device),
                        best_epoch=best_epoch(history)["epoch"] if history else None, streaming=info.kind == "boosted")

@@ -17,7 +17,9 @@ def model_sizes(params: dict) -> dict[str, GridNetSize]:
 
 
 def train_settings(params: dict, task: str, model: str) -> TrainSettings:
-    """Settings of the training run of ``model`` (small, medium, large or boosted) on ``task``."""
+    """Settings of the training run of ``model`` (small, medium, large, boosted or variable: a
+    variable-delay pair has one per-delay pair's budget) on ``task``."""
+    model = "boosted" if model == "variable" else model
     opt = params["train"]
     prof = params["profiles"][params["profile"]]["train"]
     return TrainSettings(
@@ -55,7 +57,11 @@ def train_from_params(params_path: str, task: str, model: str, data_dir: str, ou
     profile = active_profile(params)
     sizes = model_sizes(params)
     main_compression = int(params["model"]["compression"])
-    boosted = model == "boosted"
+    boosted = model in ("boosted", "variable")
+    delay_range = None
+    if model == "variable":  # one pair for every delay: nominal delay the range's high end
+        delay_range = tuple(int(d) for d in params["variable_delay"]["range"])
+        delay = delay_range[1]
     warm_start = boosted and profile["train"]["boosted_init"] == "small"  # small model from its vanilla run
     if boosted:
         if delay is None or large_checkpoint is None:
@@ -69,7 +75,8 @@ def train_from_params(params_path: str, task: str, model: str, data_dir: str, ou
 
     torch.manual_seed(settings.seed)  # same initial small weights in vanilla and boosted runs
     if boosted:
-        net = build_boosted(task, sizes["small"], sizes["large"], delay, compression, params["model"]["merge_start"])
+        net = build_boosted(task, sizes["small"], sizes["large"], delay, compression, params["model"]["merge_start"],
+                            delay_range)
         net.large.load_state_dict(_vanilla_weights(large_checkpoint, task, "large", sizes["large"]))
         if warm_start:
             net.small.load_state_dict(_vanilla_weights(small_checkpoint, task, "small", sizes["small"]))
@@ -92,6 +99,7 @@ def train_from_params(params_path: str, task: str, model: str, data_dir: str, ou
         "large_checkpoint": file_digest(large_checkpoint) if boosted else None,
         "small_checkpoint": file_digest(small_checkpoint) if warm_start else None,
         "init": limits["boosted_init"] if boosted else "scratch",
+        **({"delay_range": list(delay_range)} if delay_range else {}),
     }
     out = Path(out_dir)
     for folder in (out, live_dir):  # what a killed write (checkpoint, metrics) left behind

@@ -97,16 +97,17 @@ def _nanmean(values) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def score_utterance(item: tuple) -> dict:
+def score_utterance(item: tuple, perceptual: bool = True) -> dict:
     """One test utterance: (id, estimates [S, 2, N] or None for the mixture itself, references
-    [S, 2, N], mixture [2, N], rate) -> a row of metrics. Picklable for worker processes."""
+    [S, 2, N], mixture [2, N], rate) -> a row of metrics (``perceptual`` False: SI-SDR(i) only).
+    Picklable for worker processes."""
     utterance, estimates, references, mixture, rate = item
     mixture_as_estimates = np.broadcast_to(mixture, references.shape)
     if estimates is None:  # the mixture's own scores
-        row = score_pairs(mixture_as_estimates, references, rate)
+        row = score_pairs(mixture_as_estimates, references, rate, perceptual)
     else:
         estimates = match_permutation(estimates, references)
-        row = score_pairs(estimates, references, rate)
+        row = score_pairs(estimates, references, rate, perceptual)
         row["si_sdr_mixture"] = score_pairs(mixture_as_estimates, references, rate, perceptual=False)["si_sdr"]
         row["si_sdri"] = row["si_sdr"] - row["si_sdr_mixture"]
     return {"mixture_id": utterance, **row}

@@ -27,6 +27,9 @@ MODEL_ROLES = ("small", "medium", "large")
 COMPRESSIONS = (1, 2, 4)  # P of the paper's ablation
 BOOSTED_INITS = ("scratch", "small")  # a pair's small model: fresh weights, or the trained vanilla small
 MERGE_STARTS = ("zeros", "masked")  # = models.layers.LocalAttention.STARTS (params stay torch-free)
+HINT_CODECS = ("float16", "int8", "int4")  # = kboost.hint_codec.CODECS less float32 (as trained)
+LINK_JITTERS = ("geometric", "uniform")
+LINK_POLICIES = ("newest", "zeros")
 EMBEDDED_RESPONSE_SETS = ("simulated_room", "anechoic_hrtf")
 CHUNK_SAMPLES = 128  # 8 ms at 16 kHz: the models' hop, fixed by the paper
 
@@ -61,6 +64,10 @@ SCHEMA = {
     "train": {"lr_factor": None, "lr_patience": None, "min_lr": None, "clip_norm": None,
               "mixed_precision": None, "cpu_lstm": None},
     "ablation": {"compressions": None, "delays": None},
+    "variable_delay": {"range": None},
+    "link": {"loss_rates": None, "burst_chunks": None, "jitter_chunks": None, "jitter": None, "policy": None,
+             "max_age": None, "test_mixtures": None},
+    "hint_cost": {"codecs": None},
     "embedded": {
         "speech": {"voices": None, "variants": None, "pitch_range": None, "rate_range": None,
                    "sentences_per_utterance": None},
@@ -235,6 +242,7 @@ def validate(params: dict, source: str = "params.yaml") -> None:
     if params["ablation"]["compressions"] and "ss" not in params["tasks"]:
         check.fail("ablation.compressions", f"the compression ablation trains SS pairs, but tasks {params['tasks']} "
                                             f"has no ss; add ss to tasks or set ablation.compressions: []")
+    _validate_beyond(check, params, delays, delay)
     _validate_data(check, check.section(params, "data"))
     _validate_embedded(check, check.section(params, "embedded"))
     _validate_real(check, check.section(params, "real"))
@@ -264,6 +272,35 @@ def _validate_ablation(check: _Checker, ablation: dict, delays: list, compressio
     if missing:
         check.fail("ablation.delays", f"{missing} not in delays {delays}: the ablation compares against the main "
                                       f"runs at the same delay; add them to delays too")
+
+
+def _validate_beyond(check: _Checker, params: dict, delays: list, delay: int) -> None:
+    """The three studies beyond the paper: variable_delay, link, hint_cost."""
+    low, high = check.range(check.section(params, "variable_delay"), "range", "variable_delay.")
+    if low < 0 or low != int(low) or high != int(high):
+        check.fail("variable_delay.range", f"must be whole chunks >= 0, got {params['variable_delay']['range']}")
+    if not low <= delay <= high:
+        check.fail("variable_delay.range", f"must contain the headline delay {delay} (the link study's base delay)")
+    link = check.section(params, "link")
+    p = "link."
+    rates = check.value(link, "loss_rates", p)
+    if (not isinstance(rates, list) or not rates or any(isinstance(r, bool) or not isinstance(r, (int, float))
+                                                          or not 0 <= r < 1 for r in rates)):
+        check.fail("link.loss_rates", f"must be a non-empty list of shares in [0, 1), got {rates!r}")
+    check.number(link, "burst_chunks", p, positive=True)
+    if link["burst_chunks"] < 1:
+        check.fail("link.burst_chunks", f"a burst is at least one hint long, got {link['burst_chunks']}")
+    jitters = check.integer_list(link, "jitter_chunks", p, what="a non-empty list of whole chunks >= 0", non_empty=True)
+    if any(j < 0 for j in jitters):
+        check.fail("link.jitter_chunks", f"must be >= 0 chunks, got {jitters}")
+    check.choice(link, "jitter", LINK_JITTERS, p)
+    check.choice(link, "policy", LINK_POLICIES, p)
+    max_age = check.integer(link, "max_age", p, minimum=0)
+    if max_age < high:
+        check.fail("link.max_age", f"must be >= variable_delay.range's high end {int(high)}: the device keeps "
+                                   f"hints at least that old")
+    check.optional_integer(link, "test_mixtures", p, minimum=1)
+    check.string_list(check.section(params, "hint_cost"), "codecs", "hint_cost.", allowed=HINT_CODECS)
 
 
 def _validate_data(check: _Checker, data: dict) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from .errors import KboostError
 from .hint_codec import get_codec
-from .runs import (EVAL_METRICS_DIR, HINT_COST_CODECS, TRAIN_METRICS_DIR, VANILLA, Run, clips_before, clips_per_epoch,
+from .runs import (EVAL_METRICS_DIR, TRAIN_METRICS_DIR, VANILLA, VARIABLE, Run, clips_before, clips_per_epoch, link_summary,
                    run_name, study_runs)
 from .tasks import TASKS
 
@@ -39,8 +39,11 @@ class Table:
 
 # ------------------------------------------------------------------------------ inputs
 def load_summary(task: str, run: str, eval_dir: Path = EVAL_METRICS_DIR) -> dict:
-    stage = Run.parse(task, run).eval_stage
-    path = Run.parse(task, run).eval_summary(eval_dir)
+    """The evaluation summary of a run (or, ``run`` "link", the link study of ``task``)."""
+    if run == "link":
+        stage, path = f"evaluate_link@{task}", link_summary(task, eval_dir)
+    else:
+        stage, path = Run.parse(task, run).eval_stage, Run.parse(task, run).eval_summary(eval_dir)
     if not path.is_file():
         raise ReportError(f"{path}: missing; run `dvc repro {stage}` first")
     try:
@@ -117,6 +120,10 @@ class Study:
 
     def si_sdri(self, task: str, run: str) -> float | None:
         return self.summary(task, run)["mean"]["si_sdri"]
+
+    def link(self, task: str) -> dict:
+        """The link study's summary of ``task`` (evaluate_link)."""
+        return self.summary(task, "link")
 
 
 # --------------------------------------------------------------------------------- tables
@@ -218,7 +225,7 @@ def hint_cost_rows(study: Study, task: str) -> list[tuple[str, dict]]:
     """(codec, evaluation summary) of the headline pair with every codec, float32 (as trained) first."""
     float32 = study.boosted(study.delay)
     return [("float32", study.summary(task, float32))] + [(codec, study.summary(task, f"{float32}-{codec}"))
-                                                          for codec in HINT_COST_CODECS]
+                                                          for codec in study.params["hint_cost"]["codecs"]]
 
 
 def hint_cost_table(study: Study) -> Table:
@@ -242,6 +249,63 @@ def hint_cost_table(study: Study) -> Table:
             table.rows.append([TASKS[task].label, codec, str(get_codec(codec).bits),
                                "n/a" if bits is None else f"{bits:,}", fmt(hint.get("kbit_per_second"), 0),
                                with_ci(summary, "si_sdri"), change])
+    return table
+
+
+def paired_change(summary: dict) -> str:
+    """This run minus the one it was paired with, per utterance: mean ± 95% half-width (dB)."""
+    paired = summary.get("paired", {}).get("si_sdri", {})
+    if paired.get("mean") is None:
+        return "n/a"
+    return signed(paired["mean"]) + ("" if paired.get("ci95") is None else f" ± {fmt(paired['ci95'])}")
+
+
+def variable_delay_table(study: Study) -> Table:
+    low, high = study.params["variable_delay"]["range"]
+    table = Table("variable_delay", f"One pair for every delay (beyond the paper): a boosted pair trained once with "
+                                    f"the delay drawn per training clip from {low} to {high} chunks (the training "
+                                    f"budget of one per-delay pair), evaluated at each delay beside the pair trained "
+                                    f"for that delay alone. Change: the variable-delay pair minus the per-delay pair "
+                                    f"on the same test utterances (paired mean ± 95% confidence half-width).",
+                  ["task", "delay (chunks)", "delay (ms)", "per-delay pair SI-SDRi (dB)",
+                   "variable-delay pair SI-SDRi (dB)", "change (dB)"])
+    for task in study.tasks:
+        for delay in study.delays:
+            variable = study.summary(task, f"{VARIABLE}-d{delay}")
+            table.rows.append([TASKS[task].label, str(delay), str(delay * CHUNK_MS),
+                               with_ci(study.summary(task, study.boosted(delay)), "si_sdri"),
+                               with_ci(variable, "si_sdri"), paired_change(variable)])
+    return table
+
+
+def _mean_ci(entry: dict) -> str:
+    value = entry["si_sdri"]
+    return fmt(value["mean"]) + ("" if value.get("ci95") is None else f" ± {fmt(value['ci95'])}")
+
+
+def link_table(study: Study) -> Table:
+    first = study.link(study.tasks[0])
+    link = first["link"]
+    table = Table("link", f"Hints over a link with jitter and loss (beyond the paper): base delay {study.delay} chunks "
+                          f"({study.delay * CHUNK_MS} ms), losses in Gilbert-Elliott bursts of {fmt(link['burst_chunks'], 1)} "
+                          f"hints on average, {link['jitter']} jitter; a missing hint is replaced by "
+                          + ("the newest hint that arrived (at its true age)" if link["policy"] == "newest"
+                             else "zeros (no hint)")
+                          + f"; the device keeps {link['max_age']} chunks. SI-SDRi in dB (mean ± 95% confidence "
+                          f"half-width) on the first {first['utterances']} test mixtures, the same link realisations for "
+                          f"both pairs; floor: the vanilla models on the same mixtures.",
+                  ["task", "sweep", "loss (%)", "mean jitter (chunks)", "frames with a hint (%)",
+                   f"pair of delay {study.delay}", "variable-delay pair", "small (vanilla)", "medium (vanilla)"])
+    for task in study.tasks:
+        summary = study.link(task)
+        by_pair = {}
+        for entry in summary["results"]:
+            by_pair.setdefault((entry["sweep"], entry["loss_rate"], entry["jitter"]), {})[entry["pair"]] = entry
+        for (sweep, loss, jitter), pairs in by_pair.items():
+            fixed = pairs["fixed"]
+            table.rows.append([TASKS[task].label, sweep, fmt(100 * loss, 0), fmt(jitter, 0),
+                               fmt(100 * fixed["frames_with_hint"], 1), _mean_ci(fixed), _mean_ci(pairs["variable"]),
+                               fmt(summary["floors"]["small"]), fmt(summary["floors"]["medium"])])
     return table
 
 
@@ -301,7 +365,8 @@ def paper_vs_run_table(study: Study, reported: dict) -> Table:
 
 def all_tables(study: Study, reported: dict) -> list[Table]:
     tables = [main_table(study), delay_table(study), ablation_table(study), complexity_table(study),
-              hint_cost_table(study), paper_vs_run_table(study, reported)]
+              hint_cost_table(study), variable_delay_table(study), link_table(study),
+              paper_vs_run_table(study, reported)]
     return [t for t in tables if t is not None]
 
 
@@ -310,7 +375,8 @@ def results_view(study: Study, reported: dict) -> dict[Run, dict]:
     """The few numbers per trained run that `dvc metrics show` lists (one file per run, so the
     path says which model and delay): test SI-SDRi, PESQ, STOI; for a boosted pair its paired gain
     over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain);
-    for a hint-cost run the hint stream's kbit_s and its paired change vs its float32 pair (vs_float32)."""
+    for a hint-cost run the hint stream's kbit_s and its paired change vs its float32 pair (change);
+    for the variable-delay pair at a delay its paired change vs that delay's own pair (change)."""
     gain = reported["si_sdr_gain_over_same_size_db"]
     view = {}
     for run in study_runs(study.params):
@@ -322,7 +388,9 @@ def results_view(study: Study, reported: dict) -> dict[Run, dict]:
                "stoi": _rounded(mean.get("stoi"), 3)}
         paired = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
         if run.kind == "hint_cost":
-            row.update(kbit_s=_rounded(summary.get("hint", {}).get("kbit_per_second"), 1), vs_float32=paired)
+            row.update(kbit_s=_rounded(summary.get("hint", {}).get("kbit_per_second"), 1), change=paired)
+        elif run.kind == "variable":
+            row["change"] = paired
         elif run.kind != "vanilla":
             row["gain"] = paired
         if run.kind == "boosted" and run.delay == int(gain["delay_chunks"]) and run.task in gain["values"]:
@@ -356,14 +424,15 @@ def training_curves(study: Study) -> dict[str, dict[str, list[tuple[int, float]]
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for task in study.tasks:
         for run in study_runs(study.params):
-            if run.task != task or run.kind not in ("vanilla", "boosted"):
+            if run.task != task or run.kind not in ("vanilla", "boosted", "variable") \
+                    or run.trained in curves.get(task, {}):
                 continue
             path = run.live_dir(study.train_dir) / "plots" / "metrics" / "val_si_snri.tsv"
             if not path.is_file():
                 continue
             offset = clips_before(study.params, task, run.model)
             lines = path.read_text().strip().splitlines()[1:]
-            curves.setdefault(task, {})[run.name] = [(offset + int(a) * per_epoch, float(b))
+            curves.setdefault(task, {})[run.trained] = [(offset + int(a) * per_epoch, float(b))
                                                 for a, b in (line.split("\t")[:2] for line in lines)]
     return curves
 
@@ -518,9 +587,59 @@ def figure_hint_cost(study: Study, out_dir: Path) -> list[Path]:
     return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, "sisdri_vs_bitrate")
 
 
+def _floor_lines(ax, floors: dict) -> None:
+    for run, colour, dash in (("small", "tab:red", ":"), ("medium", "tab:orange", "--")):
+        ax.axhline(floors[run], color=colour, linestyle=dash, label=f"{run} (vanilla)")
+
+
+def figure_variable_delay(study: Study, out_dir: Path) -> list[Path]:
+    """SI-SDRi against delay: the per-delay pairs and the one variable-delay pair, per task."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(3.2 * len(study.tasks), 2.8), squeeze=False)
+    ms = [d * CHUNK_MS for d in study.delays]
+    for ax, task in zip(axes[0], study.tasks):
+        for label, runs, colour in (("pair per delay", [study.boosted(d) for d in study.delays], "tab:blue"),
+                                    ("one variable-delay pair", [f"{VARIABLE}-d{d}" for d in study.delays],
+                                     "tab:purple")):
+            summaries = [study.summary(task, run) for run in runs]
+            ax.errorbar(ms, [s["mean"]["si_sdri"] for s in summaries], yerr=[s["ci95"]["si_sdri"] or 0.0 for s in summaries],
+                        marker="o", color=colour, capsize=3, label=label)
+        _floor_lines(ax, {run: study.si_sdri(task, run) for run in ("small", "medium")})
+        ax.set_title(TASKS[task].label)
+        ax.set_xlabel("delay (ms)")
+        ax.set_xticks(ms)
+        ax.grid(alpha=0.3)
+    return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, "sisdri_vs_delay_variable")
+
+
+def figure_link(study: Study, out_dir: Path, sweep: str) -> list[Path]:
+    """SI-SDRi of both pairs against the link's loss rate or mean jitter, per task, with the
+    vanilla floor lines; the sweep's first point is the perfect link."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(3.2 * len(study.tasks), 2.8), squeeze=False)
+    key, xlabel = {"loss": ("loss_rate", "hints lost (%)"), "jitter": ("jitter", "mean jitter (chunks)")}[sweep]
+    scale = 100 if sweep == "loss" else 1
+    for ax, task in zip(axes[0], study.tasks):
+        summary = study.link(task)
+        for pair, label, colour in (("fixed", f"pair of delay {study.delay}", "tab:blue"),
+                                    ("variable", "variable-delay pair", "tab:purple")):
+            entries = [e for e in summary["results"] if e["pair"] == pair
+                       and (e["sweep"] == sweep or (e["loss_rate"] == 0 and e["jitter"] == 0))]
+            entries.sort(key=lambda e: e[key])
+            ax.errorbar([scale * e[key] for e in entries], [e["si_sdri"]["mean"] for e in entries],
+                        yerr=[e["si_sdri"]["ci95"] or 0.0 for e in entries], marker="o", color=colour, capsize=3,
+                        label=label)
+        _floor_lines(ax, summary["floors"])
+        ax.set_title(TASKS[task].label)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    return _finish(plt, fig, axes[0], "SI-SDRi (dB)", 7, out_dir, f"sisdri_vs_{sweep}")
+
+
 def render_figures(study: Study, out_dir: Path) -> list[Path]:
     return (figure_delay(study, out_dir) + figure_gain_vs_gap(study, out_dir) + figure_hint_cost(study, out_dir)
-            + figure_training(study, out_dir))
+            + figure_variable_delay(study, out_dir) + figure_link(study, out_dir, "loss")
+            + figure_link(study, out_dir, "jitter") + figure_training(study, out_dir))
 
 
 # ----------------------------------------------------------------------------------- page
@@ -533,6 +652,13 @@ FIGURE_CAPTIONS = {
     "sisdri_vs_bitrate": "Beyond the paper: SI-SDRi of the boosted small model at the headline delay against the "
                          "bit rate of its hint stream, hints quantised before sending (float32 as trained, float16, "
                          "int8, int4; evaluation only), with the vanilla small and medium models as the floor.",
+    "sisdri_vs_delay_variable": "Beyond the paper: one boosted pair trained with the delay drawn per training clip, "
+                                "evaluated at every delay, beside the pairs trained for one delay each (same training "
+                                "budget per pair), with the vanilla small and medium models as the floor.",
+    "sisdri_vs_loss": "Beyond the paper: SI-SDRi against the share of hints the link loses (Gilbert-Elliott bursts, "
+                      "no jitter), for the headline pair and the variable-delay pair, with the vanilla floor lines.",
+    "sisdri_vs_jitter": "Beyond the paper: SI-SDRi against the link's mean jitter beyond the base delay (no loss), "
+                        "for the headline pair and the variable-delay pair, with the vanilla floor lines.",
     "training_curves": "Validation SI-SNRi per epoch of every run (DVCLive logs).",
 }
 

@@ -7,15 +7,20 @@ stage scripts read it too). One place for what dvc.yaml spells out per stage:
     boosted    boosted-d<C>             train_boosted@<task>-<C>   evaluate_boosted@<task>-<C>
     ablation   boosted-d<C>-p<P>        train_ablation@<P>-<C>     evaluate_ablation@<P>-<C>  (SS)
     hint_cost  boosted-d<C>-<codec>     (the boosted-d<C> pair)    evaluate_hint_cost@<task>-<codec>
+    variable   boosted-var-d<C>         train_variable@<task>      evaluate_variable@<task>-<C>
+    (link)     -                        (boosted-d<C>, boosted-var) evaluate_link@<task>: link.csv, link.json
 
 (P = model.compression for the main boosted runs; an ablation run has another P. A hint_cost run
-is the headline-delay pair evaluated with its hints quantised before sending, kboost.hint_codec.)
+is the headline-delay pair evaluated with its hints quantised before sending, kboost.hint_codec. A
+variable run is the one variable-delay pair of the task, boosted-var, evaluated at delay C.)
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .params import HINT_CODECS
 
 VANILLA = ("small", "medium", "large")
 MODELS_DIR = Path("data/models")
@@ -25,10 +30,9 @@ EVAL_METRICS_DIR = Path("metrics/eval")
 TRAIN_METRICS_DIR = Path("metrics/train")
 RESULTS_DIR = Path("metrics/results")     # the compact view `dvc metrics show` prints
 ABLATION_TASK = "ss"
-# Codecs the hint-cost study evaluates at the headline delay (float32, as trained, is the boosted
-# run itself). dvc.yaml's evaluate_hint_cost matrix lists the same (tests/test_runs.py checks).
-HINT_COST_CODECS = ("float16", "int8", "int4")
-_BOOSTED_NAME = re.compile(r"boosted-d(\d+)(?:-p(\d+))?(?:-(" + "|".join(HINT_COST_CODECS) + r"))?")
+VARIABLE = "boosted-var"  # the variable-delay pair of a task (trained once, evaluated at every delay)
+_BOOSTED_NAME = re.compile(r"boosted-d(\d+)(?:-p(\d+))?(?:-(" + "|".join(HINT_CODECS) + r"))?")
+_VARIABLE_NAME = re.compile(VARIABLE + r"-d(\d+)")
 
 
 def run_name(model: str, delay: int | None = None, compression: int = 1, main_compression: int = 1) -> str:
@@ -36,6 +40,8 @@ def run_name(model: str, delay: int | None = None, compression: int = 1, main_co
     than the main runs' compression)."""
     if model in VANILLA:
         return model
+    if model == "variable":
+        return VARIABLE
     if model != "boosted" or delay is None:
         raise ValueError(f"unknown model {model!r}: expected one of {VANILLA} or 'boosted' with a delay")
     return f"boosted-d{delay}" + ("" if compression == main_compression else f"-p{compression}")
@@ -47,7 +53,7 @@ class Run:
 
     task: str
     name: str
-    kind: str                        # mixture, vanilla, boosted, ablation or hint_cost
+    kind: str                        # mixture, vanilla, boosted, ablation, hint_cost or variable
     delay: int | None = None
     compression: int | None = None
     codec: str | None = None         # hint_cost: how the hints were quantised
@@ -59,10 +65,13 @@ class Run:
             return cls(task, name, "mixture")
         if name in VANILLA:
             return cls(task, name, "vanilla")
+        variable = _VARIABLE_NAME.fullmatch(name)
+        if variable is not None:
+            return cls(task, name, "variable", int(variable[1]), main_compression)
         match = _BOOSTED_NAME.fullmatch(name)
         if match is None:
             raise ValueError(f"unknown run {name!r}: expected mixture, {', '.join(VANILLA)} or "
-                             f"boosted-d<C>[-p<P>][-<codec: {'|'.join(HINT_COST_CODECS)}>]")
+                             f"boosted-d<C>[-p<P>][-<codec: {'|'.join(HINT_CODECS)}>] or {VARIABLE}-d<C>")
         delay, compression, codec = int(match[1]), match[2], match[3]
         if codec is not None:
             if compression is not None:
@@ -74,13 +83,15 @@ class Run:
 
     @property
     def model(self) -> str | None:
-        """The model trained: small, medium, large or boosted (None for the mixtures)."""
-        return {"mixture": None, "vanilla": self.name}.get(self.kind, "boosted")
+        """The model trained (train.py --model): small, medium, large, boosted or variable (None
+        for the mixtures)."""
+        return {"mixture": None, "vanilla": self.name, "variable": "variable"}.get(self.kind, "boosted")
 
     @property
     def trained(self) -> str:
-        """The name of the run whose model this run uses (a hint_cost run: its float32 pair)."""
-        return f"boosted-d{self.delay}" if self.kind == "hint_cost" else self.name
+        """The name of the run whose model this run uses (a hint_cost run: its float32 pair; a
+        variable run: the task's variable-delay pair)."""
+        return {"hint_cost": f"boosted-d{self.delay}", "variable": VARIABLE}.get(self.kind, self.name)
 
     @property
     def train_stage(self) -> str | None:
@@ -88,6 +99,7 @@ class Run:
                 "vanilla": f"train_vanilla@{self.task}-{self.name}",
                 "boosted": f"train_boosted@{self.task}-{self.delay}",
                 "hint_cost": f"train_boosted@{self.task}-{self.delay}",
+                "variable": f"train_variable@{self.task}",
                 "ablation": f"train_ablation@{self.compression}-{self.delay}"}[self.kind]
 
     @property
@@ -96,7 +108,8 @@ class Run:
                 "vanilla": f"evaluate_vanilla@{self.task}-{self.name}",
                 "boosted": f"evaluate_boosted@{self.task}-{self.delay}",
                 "ablation": f"evaluate_ablation@{self.compression}-{self.delay}",
-                "hint_cost": f"evaluate_hint_cost@{self.task}-{self.codec}"}[self.kind]
+                "hint_cost": f"evaluate_hint_cost@{self.task}-{self.codec}",
+                "variable": f"evaluate_variable@{self.task}-{self.delay}"}[self.kind]
 
     # Paths under a root (the default: where dvc.yaml puts them).
     def checkpoint_dir(self, root: Path = MODELS_DIR) -> Path:
@@ -125,8 +138,9 @@ class Run:
 
 def study_runs(params: dict) -> list[Run]:
     """Every run the active study makes, in pipeline order: per task the mixtures, the vanilla
-    models and the boosted pairs per delay, then the SS compression ablation, then the hint-cost
-    study (per task, the headline-delay pair with each of HINT_COST_CODECS)."""
+    models and the boosted pairs per delay, then the SS compression ablation, then the studies
+    beyond the paper: per task the hint-cost runs (the headline-delay pair with each of
+    hint_cost.codecs) and the variable-delay pair at each delay."""
     compression = int(params["model"]["compression"])
     runs = []
     for task in params["tasks"]:
@@ -142,8 +156,20 @@ def study_runs(params: dict) -> list[Run]:
     delay = int(params["delay"])
     for task in params["tasks"]:
         runs.extend(Run(task, f"{run_name('boosted', delay)}-{codec}", "hint_cost", delay, compression, codec)
-                    for codec in HINT_COST_CODECS)
+                    for codec in params["hint_cost"]["codecs"])
+        runs.extend(Run(task, f"{VARIABLE}-d{int(d)}", "variable", int(d), compression)
+                    for d in sorted(params["delays"]))
     return runs
+
+
+def link_rows(task: str, root: Path = EVAL_ROWS_DIR) -> Path:
+    """Per-utterance SI-SDRi of the link study (both pairs, every link condition)."""
+    return Path(root) / task / "link.csv"
+
+
+def link_summary(task: str, root: Path = EVAL_METRICS_DIR) -> Path:
+    """Means of the link study per pair and condition, with the floor lines (JSON, in git)."""
+    return Path(root) / task / "link.json"
 
 
 def best_epoch(history: list[dict]) -> dict:
@@ -170,6 +196,6 @@ def clips_before(params: dict, task: str, model: str) -> int:
     """Clips a run's small model had seen before its own first epoch: a warm-started boosted
     pair continues from the vanilla small model (profile train.boosted_init: small)."""
     train = params["profiles"][params["profile"]]["train"]
-    if model == "boosted" and train["boosted_init"] == "small":
+    if model in ("boosted", "variable") and train["boosted_init"] == "small":
         return training_epochs(params, task, "small") * clips_per_epoch(params)
     return 0

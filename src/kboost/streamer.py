@@ -62,6 +62,36 @@ class HintLink:
         return torch.zeros_like(sent) if isinstance(sent, torch.Tensor) else np.zeros_like(sent)
 
 
+class ScheduledLink:
+    """A link with jitter and loss (:mod:`kboost.link`), for the PyTorch engine: ``schedule``
+    [B, T] gives, per clip and chunk, the age of the hint the device uses (-1: none, zeros), as
+    :meth:`kboost.link.LinkModel.schedule` decides from the hints' arrivals; the device keeps
+    ``keep`` chunks of hints and features. ``deliver`` returns the hint and its age [B, 1]."""
+
+    def __init__(self, schedule, keep: int, codec: HintCodec | None = None):
+        self.schedule = torch.as_tensor(schedule, dtype=torch.long)
+        self.keep = int(keep)
+        self.codec = codec or CODECS["float32"]
+        if self.schedule.dim() != 2 or int(self.schedule.max()) > self.keep:
+            raise ValueError(f"schedule must be [batch, chunks] with ages <= keep ({self.keep})")
+
+    def deliver(self, sent: torch.Tensor, held: list):
+        """Hold ``sent`` (the hint of this chunk) on ``held``; return (the hint each clip uses
+        now, its age [B, 1])."""
+        held.append(self.codec(sent))
+        now = len(held) - 1
+        if now >= self.schedule.shape[1]:
+            raise ValueError(f"the link's schedule covers {self.schedule.shape[1]} chunks; chunk {now} streamed")
+        ages = self.schedule[:, now]
+        hint = torch.zeros_like(sent)
+        for clip, age in enumerate(ages.tolist()):
+            if age >= 0:
+                hint[clip] = held[now - age][clip]
+        if len(held) > self.keep:
+            held[len(held) - self.keep - 1] = None  # older than any hint the device keeps
+        return hint, ages[:, None]
+
+
 class BoostedSides:
     """A boosted pair's step from its two sides: the remote side (large model + compression)
     sends this chunk's hint, the link delivers the one of ``delay`` chunks ago, the device side
@@ -115,6 +145,24 @@ class TorchBoostedStreamer(BoostedSides, TorchStreamer):
     def device_step(self, chunk: torch.Tensor, hint: torch.Tensor, state: dict) -> torch.Tensor:
         check_audio(chunk, chunk=True)
         return self.model.device_step(chunk, hint, state, self.embedding)
+
+
+class LinkedStreamer(TorchBoostedStreamer):
+    """A :class:`BoostedPair` streamed by its PyTorch modules over a :class:`ScheduledLink`: the
+    device aligns each hint with its own features of the frame the hint describes."""
+
+    def __init__(self, pair: BoostedPair, link: ScheduledLink, embedding: torch.Tensor | None = None, batch: int = 1,
+                 dtype=torch.float32, device=None):
+        super().__init__(pair, embedding, batch, dtype, device)
+        self.link = link
+
+    def deliver(self, sent, state):
+        hint, state["hint_ages"] = self.link.deliver(sent, self.in_flight(state))
+        return hint
+
+    def device_step(self, chunk: torch.Tensor, hint: torch.Tensor, state: dict) -> torch.Tensor:
+        check_audio(chunk, chunk=True)
+        return self.model.device_step(chunk, hint, state, self.embedding, state["hint_ages"], self.link.keep)
 
 
 def make_streamer(model, embedding=None, engine: str = "compiled", batch: int = 1,

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -80,6 +81,15 @@ def trim_to_chunks(batch: dict) -> dict:
     if length == 0:
         raise TrainingError(f"clips of {batch['mixture'].shape[-1]} samples are shorter than one 8 ms chunk")
     return dict(batch, mixture=batch["mixture"][..., :length], targets=batch["targets"][..., :length])
+
+
+def clip_delays(ids, seed: int, epoch: int, delay_range: tuple[int, int]) -> torch.Tensor:
+    """A variable-delay pair's hint delay for each clip of a batch: drawn uniformly from
+    ``delay_range`` (inclusive) as a pure function of (seed, epoch, mixture id), so a resumed or
+    distributed run draws the same ones."""
+    low, high = delay_range
+    draws = [zlib.crc32(f"{seed}:{epoch}:{mixture_id}".encode()) % (high - low + 1) + low for mixture_id in ids]
+    return torch.tensor(draws, dtype=torch.long)
 
 
 def _fault_injection(steps: int) -> None:
@@ -147,13 +157,17 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+    def _forward(self, model: nn.Module, batch: dict, epoch: int) -> torch.Tensor:
         mixture = batch["mixture"].to(self.rt.device, non_blocking=True)
         embedding = batch.get("embedding")
         if embedding is not None:
             embedding = embedding.to(self.rt.device, non_blocking=True)
+        delay_range = getattr(self.model, "delay_range", None)
         with self._autocast():
-            return model(mixture, embedding).float()
+            if delay_range is None:
+                return model(mixture, embedding).float()
+            ages = clip_delays(batch["id"], self.settings.seed, epoch, delay_range).to(self.rt.device)
+            return model(mixture, embedding, ages=ages).float()
 
     def _loader(self, dataset: Dataset, batch: int) -> DataLoader:
         """Batches in the dataset's order (EpochView already shuffled and sharded it)."""
@@ -173,7 +187,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             batch = trim_to_chunks(batch)
             targets = batch["targets"].to(self.rt.device, non_blocking=True)
-            loss = negative_si_sdr(self._forward(self.trained, batch), targets, self.permutation_invariant)
+            loss = negative_si_sdr(self._forward(self.trained, batch, epoch), targets, self.permutation_invariant)
             # Every process must stop at the same step, or the others would wait forever in the
             # next gradient all-reduce.
             finite = bool(torch.isfinite(loss))
@@ -208,7 +222,7 @@ class Trainer:
         for batch in self._loader(view, self.settings.batch_size):
             batch = trim_to_chunks(batch)
             targets = batch["targets"].to(self.rt.device)
-            estimate = self._forward(self.model, batch)
+            estimate = self._forward(self.model, batch, epoch=-1)  # -1: the same delays every epoch
             mixture = batch["mixture"].to(self.rt.device).unsqueeze(1).expand_as(targets)
             gain = pit_si_sdr(estimate, targets) - si_sdr(mixture, targets)  # [B, S, 2]
             total += gain.mean(dim=(1, 2)).sum().item()

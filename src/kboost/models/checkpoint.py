@@ -12,6 +12,7 @@ loads with ``torch.load(..., weights_only=True)`` (no pickled code)::
      "compression": int | None,                     # boosted: compression factor P
      "merge_start": "zeros" | "masked",             # boosted: merge attention before the clip start
                                                     # (absent in files of earlier versions: "masked")
+     "delay_range": [low, high],                    # variable-delay pairs only: delays drawn in training
      "meta": {...},                                 # JSON-able: epoch, metrics, resolved params
      "state_dict": model.state_dict(),              # tensors, moved to the CPU
      "training": {"optimiser": ..., "scheduler": ...}}  # optional: what resuming needs (last.pt)
@@ -56,6 +57,7 @@ class CheckpointInfo:
     delay: int | None = None
     compression: int | None = None
     meta: dict = field(default_factory=dict)
+    delay_range: tuple[int, int] | None = None  # a variable-delay pair: the delays it was trained on
 
 
 # ------------------------------------------------------------------------------- builders
@@ -65,11 +67,14 @@ def build_vanilla(task: str, size: GridNetSize) -> TFGridNet:
 
 
 def build_boosted(task: str, small_size: GridNetSize, large_size: GridNetSize,
-                  delay: int, compression: int = 1, merge_start: str = "zeros") -> BoostedPair:
-    """A boosted pair: the small model is built first, then the large one, then the merge parts."""
+                  delay: int, compression: int = 1, merge_start: str = "zeros",
+                  delay_range: tuple[int, int] | None = None) -> BoostedPair:
+    """A boosted pair: the small model is built first, then the large one, then the merge parts
+    (``delay_range``: a variable-delay pair)."""
     small = TFGridNet(task, small_size)
     large = TFGridNet(task, large_size)
-    return BoostedPair(small, large, delay=delay, compression=compression, merge_start=merge_start)
+    return BoostedPair(small, large, delay=delay, compression=compression, merge_start=merge_start,
+                       delay_range=delay_range)
 
 
 def compression_factor(pair: BoostedPair) -> int:
@@ -81,10 +86,13 @@ def describe(model: nn.Module) -> dict:
     """The header fields of a checkpoint of ``model`` (kind, task, sizes, delay, compression)."""
     model = _unwrap(model)
     if isinstance(model, BoostedPair):
-        return {"kind": "boosted", "task": model.task,
-                "sizes": {"small": model.small.size.to_dict(), "large": model.large.size.to_dict()},
-                "delay": int(model.delay), "compression": compression_factor(model),
-                "merge_start": model.merge_start}
+        header = {"kind": "boosted", "task": model.task,
+                  "sizes": {"small": model.small.size.to_dict(), "large": model.large.size.to_dict()},
+                  "delay": int(model.delay), "compression": compression_factor(model),
+                  "merge_start": model.merge_start}
+        if model.delay_range is not None:
+            header["delay_range"] = list(model.delay_range)
+        return header
     if isinstance(model, TFGridNet):
         return {"kind": "vanilla", "task": model.task, "sizes": {"model": model.size.to_dict()},
                 "delay": None, "compression": None}
@@ -193,7 +201,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
             model = build_vanilla(task, sizes["model"])
         else:
             model = build_boosted(task, sizes["small"], sizes["large"], int(payload["delay"]),
-                                  int(payload["compression"]), payload.get("merge_start", LEGACY_MERGE_START))
+                                  int(payload["compression"]), payload.get("merge_start", LEGACY_MERGE_START),
+                                  payload.get("delay_range"))
     except (TypeError, ValueError) as exc:  # bad delay, compression factor or merge start
         raise CheckpointError(f"{path}: cannot build the stored model ({exc})") from exc
 
@@ -219,7 +228,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
         model.to(map_location)  # non-persistent buffers (STFT window) follow the weights
     info = CheckpointInfo(path=path, kind=payload["kind"], task=task, sizes=sizes,
                           delay=payload["delay"], compression=payload["compression"],
-                          meta=payload["meta"] if isinstance(payload["meta"], dict) else {})
+                          meta=payload["meta"] if isinstance(payload["meta"], dict) else {},
+                          delay_range=tuple(payload["delay_range"]) if payload.get("delay_range") else None)
     return model, info
 
 
