@@ -91,3 +91,10 @@ def test_a_streamed_pair_hears_the_quantised_hints(engine):
     assert 0 < error["float16"] < error["int8"] < error["int4"]   # coarser hints, further from the trained output
     with pytest.raises(ValueError, match="a hint codec needs a boosted pair"):
         make_streamer(pair.small, engine=engine, hint_codec=get_codec("int8"))
+
+
+def test_params_allow_exactly_the_codecs_other_than_float32():
+    from kboost.hint_codec import CODECS
+    from kboost.params import HINT_CODECS
+
+    assert set(HINT_CODECS) == set(CODECS) - {"float32"}

@@ -154,3 +154,10 @@ def test_a_poisoned_hint_reaches_the_output_no_earlier_than_its_arrival():
                 assert torch.equal(clean, bad), k
             else:
                 assert not torch.isfinite(bad).all(), k  # the NaN hint has arrived and is used
+
+
+def test_params_allow_exactly_the_link_models_choices():
+    from kboost.link import JITTERS, POLICIES
+    from kboost.params import LINK_JITTERS, LINK_POLICIES
+
+    assert (LINK_JITTERS, LINK_POLICIES) == (JITTERS, POLICIES)

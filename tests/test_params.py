@@ -75,6 +75,14 @@ def _delete(path):
      r"profiles.demo.train.epochs.medium: must be small \+ boosted = 12 for tse"),
     (_set("model.merge_start", "ones"), r"model.merge_start: unknown value 'ones'; allowed: zeros, masked"),
     (_set("tasks", ["se"]), r"ablation.compressions: the compression ablation trains SS pairs.*add ss to tasks"),
+    (_set("variable_delay.range", [0, 3]), r"variable_delay.range: must contain the headline delay 6"),
+    (_set("variable_delay.range", [-1, 6]), r"variable_delay.range: must be whole chunks >= 0"),
+    (_set("link.loss_rates", [0.0, 1.0]), r"link.loss_rates: must be a non-empty list of shares in \[0, 1\)"),
+    (_set("link.policy", "repeat"), r"link.policy: unknown value 'repeat'; allowed: newest, zeros"),
+    (_set("link.jitter", "normal"), r"link.jitter: unknown value 'normal'; allowed: geometric, uniform"),
+    (_set("link.max_age", 4), r"link.max_age: must be >= variable_delay.range's high end 6"),
+    (_set("link.burst_chunks", 0.5), r"link.burst_chunks: a burst is at least one hint long"),
+    (_set("hint_cost.codecs", ["int2"]), r"hint_cost.codecs: unknown value\(s\) \['int2'\]; allowed: float16, int8, int4"),
 ])
 def test_invalid_values_name_the_key(tmp_path, edit, message):
     with pytest.raises(ParamsError, match=message):
@@ -138,6 +146,8 @@ def test_epochs_may_be_one_budget_or_one_per_task(tmp_path):
     ("delay=3", "delay: 3              # headline delay"),
     ("profiles.demo.train.epochs.large.tse=30", "large: {se: 20, ss: 20, tse: 30}"),
     ("profiles.demo.train.lr=0.001", "lr: 0.001"),
+    ("link.policy=zeros", "policy: zeros"),
+    ("variable_delay.range=[0,12]", "- 12"),
 ])
 def test_dvc_exp_run_set_param_changes_only_the_line_it_sets(tmp_path, override, changed):
     """`dvc exp run -S` rewrites params.yaml with DVC's YAML writer: the committed file is in the

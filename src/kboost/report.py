@@ -294,7 +294,7 @@ def link_table(study: Study) -> Table:
                           + f"; the device keeps {link['max_age']} chunks. SI-SDRi in dB (mean ± 95% confidence "
                           f"half-width) on the first {first['utterances']} test mixtures, the same link realisations for "
                           f"both pairs; floor: the vanilla models on the same mixtures.",
-                  ["task", "sweep", "loss (%)", "mean jitter (chunks)", "frames with a hint (%)",
+                  ["task", "sweep", "loss (%)", "mean jitter (chunks)", "frames with any hint (%)",
                    f"pair of delay {study.delay}", "variable-delay pair", "small (vanilla)", "medium (vanilla)"])
     for task in study.tasks:
         summary = study.link(task)
