@@ -86,7 +86,7 @@ def test_smoke_repro_end_to_end(repo):
     link = json.loads((repo / "metrics" / "eval" / "ss" / "link.json").read_text())
     assert link["utterances"] == 4 and link["base_delay"] == 2
     assert {(e["pair"], e["sweep"]) for e in link["results"]} == {
-        (pair, sweep) for pair in ("fixed", "variable") for sweep in ("loss", "jitter")}
+        (pair, sweep) for pair in ("fixed", "variable") for sweep in ("loss", "jitter", "none")}
     # the perfect link, whole clips, gives the pair's own (streamed) evaluation
     assert link["check"]["max_abs_si_sdri_difference"] <= 1e-3
     status = _run(["dvc", "status"], repo)
@@ -130,8 +130,10 @@ def test_new_delay_trains_only_its_own_stages_and_bad_delay_fails_at_once(repo):
     try:
         _set_params(params, "delays=[2,3]")
         planned = sorted(json.loads(_run(["dvc", "status", "--json"], repo).stdout))
-        # Only the new delay's training and evaluation, plus the audio examples and the report that list delays.
-        assert planned == ["evaluate_boosted@se-3", "evaluate_boosted@ss-3", "evaluate_boosted@tse-3", "examples",
+        # Only the new delay's training and evaluation (and the variable-delay pair's evaluation at it), plus the
+        # audio examples and the report that list delays.
+        assert planned == ["evaluate_boosted@se-3", "evaluate_boosted@ss-3", "evaluate_boosted@tse-3",
+                           "evaluate_variable@se-3", "evaluate_variable@ss-3", "evaluate_variable@tse-3", "examples",
                            "report", "train_boosted@se-3", "train_boosted@ss-3", "train_boosted@tse-3"], planned
         params.write_text(original)
         _set_params(params, "delay=5")

@@ -52,6 +52,8 @@ def study_dir(tmp_path):
                     "si_sdri": {"mean": 5.0 + t - 4 * loss - jitter / 4 - (pair == "variable") * 0.5, "ci95": 0.2}}
                    for sweep, loss, jitter in (("loss", 0.0, 0.0), ("loss", 0.2, 0.0), ("jitter", 0.0, 2.0))
                    for pair in ("fixed", "variable")]
+        results += [{"pair": pair, "sweep": "none", "loss_rate": None, "jitter": None, "frames_with_hint": 0.0,
+                     "si_sdri": {"mean": 1.5 + t + (pair == "variable") * 0.25, "ci95": 0.1}} for pair in ("fixed", "variable")]
         (tmp_path / "metrics" / "eval" / task / "link.json").write_text(json.dumps({  # evaluate_link@<task>
             "task": task, "utterances": 10, "base_delay": 6, "results": results, "floors": {"small": 1.0, "medium": 2.0},
             "link": {"burst_chunks": 4, "jitter": "geometric", "policy": "newest", "max_age": 16}}))
@@ -91,6 +93,7 @@ def test_tables_and_figures_come_from_metrics_and_are_byte_identical(study_dir, 
     # SS (t = 0) at 20% loss: fixed 5 - 0.8 = 4.20, variable 3.70; 80% of frames with a hint
     assert "| SS | loss | 20 | 0 | 80.0 | 4.20 ± 0.20 | 3.70 ± 0.20 | 1.00 | 2.00 |" in link
     assert "| TSE | jitter | 0 | 2 | 100.0 | 5.50 ± 0.20 | 5.00 ± 0.20 | 1.00 | 2.00 |" in link
+    assert "| SS | no hints | - | - | 0.0 | 1.50 ± 0.10 | 1.75 ± 0.10 | 1.00 | 2.00 |" in link
     hint_cost = first["tables/hint_cost.md"].decode()
     # TSE (t = 1) with int8 (k = 2): si_sdri = 6 + 1 - 1 - 1 = 5.00; 776 x 8 + 32 bits a hint
     assert "| TSE | int8 | 8 | 6,240 | 780 | 5.00 ± 0.30 | -1.00 ± 0.10 |" in hint_cost

@@ -6,7 +6,7 @@ evaluated on the same link realisations (one random stream per condition and cli
 run whole clips with a per-frame schedule of hint ages, which equals streaming them chunk by
 chunk through the same link (tests/test_link.py); the large model runs once per clip, since the
 link changes only which hint the device uses. Floor lines: the vanilla small and medium models'
-SI-SDRi on the same clips (their evaluation rows).
+SI-SDRi on the same clips (their evaluation rows), and each pair with no hint at all ("none").
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .dataset import MixtureDataset, collate
 from .evaluation import EvaluationError, confidence_interval, write_rows, _finite
 from .fsutil import remove_stale_temporaries, write_json
-from .link import LinkModel, clip_rng, sweep
+from .link import NO_HINT, LinkModel, clip_rng, sweep
 from .metrics import score_utterance
 from .models import HOP
 from .models.checkpoint import load_checkpoint
@@ -106,20 +106,26 @@ def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path,
                                    or not runner.info.delay_range[0] <= delay <= runner.info.delay_range[1]):
             raise EvaluationError(f"{variable_checkpoint}: expected a variable-delay pair whose range holds {delay}")
 
-    conditions = sweep(params)
+    # The sweeps, then "none": no hint ever arrives (each pair's own floor: what its hints add).
+    conditions = sweep(params) + [("none", None)]
     all_rows, results = [], []
     bar = tqdm(total=len(conditions) * len(PAIRS), desc="link conditions", unit="run", disable=not progress,
                dynamic_ncols=True)
     for kind, link in conditions:
         # the same link realisation for both pairs (one random stream per condition and clip)
-        ages = [schedules(link, list(batch["id"]), runners["fixed"].frames(k), seed, task)
-                for k, batch in enumerate(batches)]
+        if link is None:
+            ages = [torch.full((len(batch["id"]), runners["fixed"].frames(k)), NO_HINT, dtype=torch.long)
+                    for k, batch in enumerate(batches)]
+        else:
+            ages = [schedules(link, list(batch["id"]), runners["fixed"].frames(k), seed, task)
+                    for k, batch in enumerate(batches)]
         hinted = float(np.mean([(a >= 0).float().mean().item() for a in ages]))
+        loss, jitter = (None, None) if link is None else (link.loss, link.jitter)
         for name in PAIRS:
             rows = _si_sdri_rows(batches, runners[name].outputs(lambda k, frames: ages[k]), test_set.sample_rate)
             frame = pd.DataFrame(rows)
-            all_rows.append(frame.assign(pair=name, sweep=kind, loss_rate=link.loss, jitter=link.jitter))
-            results.append({"pair": name, "sweep": kind, "loss_rate": link.loss, "jitter": link.jitter,
+            all_rows.append(frame.assign(pair=name, sweep=kind, loss_rate=loss, jitter=jitter))
+            results.append({"pair": name, "sweep": kind, "loss_rate": loss, "jitter": jitter,
                             "si_sdri": {"mean": _finite(frame["si_sdri"].mean()),
                                         "ci95": _finite(confidence_interval(frame["si_sdri"]))},
                             "frames_with_hint": round(hinted, 4)})

@@ -293,7 +293,8 @@ def link_table(study: Study) -> Table:
                              else "zeros (no hint)")
                           + f"; the device keeps {link['max_age']} chunks. SI-SDRi in dB (mean ± 95% confidence "
                           f"half-width) on the first {first['utterances']} test mixtures, the same link realisations for "
-                          f"both pairs; floor: the vanilla models on the same mixtures.",
+                          f"both pairs; floors: the vanilla models on the same mixtures, and each pair with no hints "
+                          f"at all (row \"no hints\").",
                   ["task", "sweep", "loss (%)", "mean jitter (chunks)", "frames with any hint (%)",
                    f"pair of delay {study.delay}", "variable-delay pair", "small (vanilla)", "medium (vanilla)"])
     for task in study.tasks:
@@ -303,6 +304,11 @@ def link_table(study: Study) -> Table:
             by_pair.setdefault((entry["sweep"], entry["loss_rate"], entry["jitter"]), {})[entry["pair"]] = entry
         for (sweep, loss, jitter), pairs in by_pair.items():
             fixed = pairs["fixed"]
+            if sweep == "none":  # no hint ever arrives: what the hints add
+                table.rows.append([TASKS[task].label, "no hints", "-", "-", fmt(0.0, 1), _mean_ci(fixed),
+                                   _mean_ci(pairs["variable"]), fmt(summary["floors"]["small"]),
+                                   fmt(summary["floors"]["medium"])])
+                continue
             table.rows.append([TASKS[task].label, sweep, fmt(100 * loss, 0), fmt(jitter, 0),
                                fmt(100 * fixed["frames_with_hint"], 1), _mean_ci(fixed), _mean_ci(pairs["variable"]),
                                fmt(summary["floors"]["small"]), fmt(summary["floors"]["medium"])])
@@ -625,6 +631,9 @@ def figure_link(study: Study, out_dir: Path, sweep: str) -> list[Path]:
                                     ("variable", "variable-delay pair", "tab:purple")):
             entries = [e for e in summary["results"] if e["pair"] == pair
                        and (e["sweep"] == sweep or (e["loss_rate"] == 0 and e["jitter"] == 0))]
+            none = [e for e in summary["results"] if e["pair"] == pair and e["sweep"] == "none"]
+            if pair == "fixed" and none:  # the pair's own floor: no hint ever arrives
+                ax.axhline(none[0]["si_sdri"]["mean"], color="grey", linestyle="-.", label=f"{label}, no hints")
             entries.sort(key=lambda e: e[key])
             ax.errorbar([scale * e[key] for e in entries], [e["si_sdri"]["mean"] for e in entries],
                         yerr=[e["si_sdri"]["ci95"] or 0.0 for e in entries], marker="o", color=colour, capsize=3,
