@@ -145,7 +145,8 @@ def main_table(study: Study) -> Table:
 
 
 def paired_gain(summary: dict) -> str:
-    """Boosted minus medium, utterance by utterance: mean ± 95% confidence half-width (dB)."""
+    """This run minus the run it was paired with (boosted: medium; hint cost: float32; variable
+    delay: that delay's own pair), utterance by utterance: mean ± 95% half-width (dB)."""
     paired = summary.get("paired", {}).get("si_sdri")
     if not paired or paired.get("mean") is None:
         return "n/a"
@@ -239,25 +240,12 @@ def hint_cost_table(study: Study) -> Table:
     for task in study.tasks:
         for codec, summary in hint_cost_rows(study, task):
             hint = summary.get("hint", {})
-            if codec == "float32":
-                change = signed(0.0)
-            else:
-                paired = summary.get("paired", {}).get("si_sdri", {})
-                change = "n/a" if paired.get("mean") is None else (
-                    signed(paired["mean"]) + ("" if paired.get("ci95") is None else f" ± {fmt(paired['ci95'])}"))
+            change = signed(0.0) if codec == "float32" else paired_gain(summary)
             bits = hint.get("bits_per_hint")
             table.rows.append([TASKS[task].label, codec, str(get_codec(codec).bits),
                                "n/a" if bits is None else f"{bits:,}", fmt(hint.get("kbit_per_second"), 0),
                                with_ci(summary, "si_sdri"), change])
     return table
-
-
-def paired_change(summary: dict) -> str:
-    """This run minus the one it was paired with, per utterance: mean ± 95% half-width (dB)."""
-    paired = summary.get("paired", {}).get("si_sdri", {})
-    if paired.get("mean") is None:
-        return "n/a"
-    return signed(paired["mean"]) + ("" if paired.get("ci95") is None else f" ± {fmt(paired['ci95'])}")
 
 
 def variable_delay_table(study: Study) -> Table:
@@ -274,7 +262,7 @@ def variable_delay_table(study: Study) -> Table:
             variable = study.summary(task, f"{VARIABLE}-d{delay}")
             table.rows.append([TASKS[task].label, str(delay), str(delay * CHUNK_MS),
                                with_ci(study.summary(task, study.boosted(delay)), "si_sdri"),
-                               with_ci(variable, "si_sdri"), paired_change(variable)])
+                               with_ci(variable, "si_sdri"), paired_gain(variable)])
     return table
 
 
