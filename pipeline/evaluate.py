@@ -6,7 +6,8 @@ scores the unprocessed mixtures (the reference point of SI-SDRi and of the table
 Boosted pairs run chunk by chunk with their delay; vanilla models run whole clips (same output).
 --hint-codec quantises a boosted pair's hints before sending (evaluation only: what a cheaper
 link costs); the summary records the codec and the hint stream's bit rate. --delay runs a
-variable-delay pair (trained with the delay drawn per clip) at one delay.
+variable-delay pair (trained with the delay drawn per clip) at one delay. --si-sdr-only skips
+PESQ and STOI (the studies beyond the paper compare SI-SDRi alone; it halves their cost).
 """
 import argparse
 
@@ -32,11 +33,14 @@ def main() -> None:
     parser.add_argument("--hint-codec", choices=CODECS, default="float32",
                         help="boosted pairs: how hints are quantised before sending (default: %(default)s, as trained)")
     parser.add_argument("--delay", type=int, help="a variable-delay pair: the hint delay (chunks) to run it at")
+    parser.add_argument("--si-sdr-only", action="store_true", help="a model: score SI-SDR(i) only, no PESQ / STOI")
     parser.add_argument("--run", help="run name in the summary, e.g. small or boosted-d6 (default: the "
                                       "checkpoint's directory name)")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    if args.mixture and args.si_sdr_only:
+        parser.error("--si-sdr-only scores a model; the mixtures' own PESQ / STOI are the reference of every model")
 
     from pathlib import Path
 
@@ -50,7 +54,7 @@ def main() -> None:
         evaluate_from_params(args.params, args.task, run_name, args.checkpoint, data_dir=args.data,
                              rows_path=args.rows, summary_path=args.summary, mixture_rows=args.mixture_rows,
                              paired_rows=args.paired_with, hint_codec=args.hint_codec, delay=args.delay,
-                             progress=not args.no_progress)
+                             perceptual=not args.si_sdr_only, progress=not args.no_progress)
 
     stage.run(run, f"evaluate {args.task} {run_name}")
 

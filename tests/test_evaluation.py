@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kboost.evaluation import confidence_interval, estimate, score, summarise
+from kboost.evaluation import SI_SDR_METRICS, confidence_interval, estimate, score, summarise
 from kboost.models import BoostedPair, GridNetSize, TFGridNet
 from kboost.streamer import make_streamer, stream
 
@@ -75,6 +75,13 @@ def test_estimate_and_score_rows_and_summary(mixtures):  # noqa: F811
     json.dumps(summary, allow_nan=False)  # JSON-safe: NaN becomes null
     own = score(test_set, None, workers=1, progress=False)
     assert np.allclose(own["si_sdr"], rows["si_sdr_mixture"])
+    # --si-sdr-only (the studies beyond the paper): the same SI-SDR(i), no PESQ / STOI at all
+    si_only = score(test_set, outputs, workers=1, progress=False, perceptual=False)
+    assert list(si_only.columns) == ["mixture_id", "si_sdr", "si_sdr_mixture", "si_sdri"]
+    pd.testing.assert_frame_equal(si_only, rows[list(si_only.columns)])
+    short = summarise(si_only, SI_SDR_METRICS)
+    assert set(short["mean"]) == {"si_sdr", "si_sdri"} and short["failures"] == {}
+    assert short["mean"] == {m: summary["mean"][m] for m in SI_SDR_METRICS}
 
 
 def test_confidence_interval_matches_student_t():

@@ -7,6 +7,7 @@ are streamed together as one batch, which changes nothing per clip.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .streamer import make_streamer, stream
 from .tasks import get_task
 
 SUMMARY_METRICS = ("si_sdr", "si_sdri", "pesq", "stoi")
+SI_SDR_METRICS = ("si_sdr", "si_sdri")  # the studies beyond the paper: no PESQ / STOI
 MIXTURE_METRICS = ("si_sdr", "pesq", "stoi")
 
 
@@ -57,6 +59,25 @@ def _estimate_compiled(pair: BoostedPair, dataset, threads: int, progress: bool,
     return dict(done)
 
 
+def pad_to_chunks(mixture: torch.Tensor) -> torch.Tensor:
+    """Zero-pad clips [..., N] to whole 8 ms chunks (whole-clip inference; cut back after)."""
+    return torch.nn.functional.pad(mixture, (0, -mixture.shape[-1] % HOP))
+
+
+def prepare(params_path: str, *outputs: str | Path) -> tuple[dict, dict]:
+    """What every evaluation stage does first: load the params, choose the CPU LSTM and the
+    inference threads, and remove what a killed write of ``outputs`` left behind. Returns
+    (params, the active profile's ``eval`` section)."""
+    params = load_params(params_path)
+    use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
+    prof = active_profile(params)["eval"]
+    torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
+    retain_freed_memory()
+    for path in outputs:
+        remove_stale_temporaries(Path(path))
+    return params, prof
+
+
 @torch.inference_mode()
 def estimate(model: torch.nn.Module, dataset, batch_size: int, progress: bool = True,
              engine: str = "torch", threads: int = 1, hint_codec: HintCodec | None = None) -> dict:
@@ -77,23 +98,25 @@ def estimate(model: torch.nn.Module, dataset, batch_size: int, progress: bool = 
         if streaming:
             output = stream(make_streamer(model, embedding, "torch", len(mixture), mixture.dtype, mixture.device,
                                           hint_codec), mixture)
-        else:  # whole clips: zero-pad to whole 8 ms chunks, cut back
-            length = mixture.shape[-1]
-            output = model(torch.nn.functional.pad(mixture, (0, -length % HOP)), embedding)[..., :length]
+        else:  # whole clips
+            output = model(pad_to_chunks(mixture), embedding)[..., : mixture.shape[-1]]
         for index, mixture_id in enumerate(batch["id"]):
             results[mixture_id] = output[index].numpy()
     return results
 
 
-def score(dataset, estimates: dict | None, workers: int, progress: bool = True) -> pd.DataFrame:
-    """Per-utterance metrics for ``estimates`` (None: the mixtures' own scores)."""
+def score(dataset, estimates: dict | None, workers: int, progress: bool = True,
+          perceptual: bool = True) -> pd.DataFrame:
+    """Per-utterance metrics for ``estimates`` (None: the mixtures' own scores); ``perceptual``
+    False: SI-SDR(i) only, no PESQ / STOI."""
     items = []
     for index in range(len(dataset)):
         item = dataset[index]
         mixture_id = item["id"]
         items.append((mixture_id, None if estimates is None else estimates[mixture_id],
                       item["targets"].numpy(), item["mixture"].numpy(), dataset.sample_rate))
-    rows = map_ordered(score_utterance, items, workers=workers, desc="scoring", unit="utt", progress=progress)
+    rows = map_ordered(functools.partial(score_utterance, perceptual=perceptual), items, workers=workers,
+                       desc="scoring", unit="utt", progress=progress)
     return pd.DataFrame(rows)
 
 
@@ -112,7 +135,7 @@ def summarise(rows: pd.DataFrame, metrics=SUMMARY_METRICS) -> dict:
     summary = {"utterances": int(len(rows)),
                "mean": {m: _finite(rows[m].mean()) for m in metrics},
                "ci95": {m: _finite(confidence_interval(rows[m])) for m in metrics},
-               "failures": {"pesq": int(rows["pesq_failures"].sum()), "stoi": int(rows["stoi_failures"].sum())},
+               "failures": {m: int(rows[f"{m}_failures"].sum()) for m in ("pesq", "stoi") if m in metrics},
                "scored_utterances": {m: int(rows[m].notna().sum()) for m in metrics}}
     return summary
 
@@ -146,24 +169,19 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
 def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str | None, *,
                          data_dir: str | Path, rows_path: str | Path, summary_path: str | Path,
                          mixture_rows: str | Path | None = None, paired_rows: str | Path | None = None,
-                         hint_codec: str = "float32", delay: int | None = None, progress: bool = True) -> dict:
+                         hint_codec: str = "float32", delay: int | None = None, perceptual: bool = True,
+                         progress: bool = True) -> dict:
     """Evaluate one run (or, with ``checkpoint=None``, the mixtures themselves) on the test split of
     ``data_dir``; write its per-utterance CSV to ``rows_path`` and summary JSON to ``summary_path``;
     return the summary. ``mixture_rows``: the mixtures' scores (PESQ/STOI improvements);
     ``paired_rows``: the rows of a run of the same task (e.g. medium.csv) the summary is compared
     with utterance by utterance (named by the file's stem); ``hint_codec``: how a boosted pair's
     hints are quantised before sending (kboost.hint_codec; evaluation only); ``delay``: run a
-    variable-delay pair with its hints that many chunks late."""
-
-    params = load_params(params_path)
-    use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
-    prof = active_profile(params)["eval"]
-    torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
-    retain_freed_memory()
-    test_set = MixtureDataset(Path(data_dir), "test", limit=prof["test_mixtures"])
+    variable-delay pair with its hints that many chunks late; ``perceptual`` False: SI-SDR(i)
+    only (a model; the studies beyond the paper compare SI-SDRi alone)."""
+    params, prof = prepare(params_path, rows_path, summary_path)
     rows_path, summary_path = Path(rows_path), Path(summary_path)
-    for path in (rows_path, summary_path):  # what a killed write of an earlier run left behind
-        remove_stale_temporaries(path)
+    test_set = MixtureDataset(Path(data_dir), "test", limit=prof["test_mixtures"])
     summary = {"task": task, "run": name, "profile": params["profile"], "split": "test"}
     if checkpoint is None:
         rows = score(test_set, None, int(prof["workers"]), progress)
@@ -188,11 +206,11 @@ def evaluate_from_params(params_path: str, task: str, name: str, checkpoint: str
             limit_threads(1)  # one clip per thread: each thread's BLAS calls stay single-threaded
         estimates = estimate(model, test_set, int(prof["batch_size"]), progress, engine=prof["engine"], threads=threads,
                              hint_codec=codec if info.kind == "boosted" else None)
-        rows = score(test_set, estimates, int(prof["workers"]), progress)
-        if mixture_rows is not None:
+        rows = score(test_set, estimates, int(prof["workers"]), progress, perceptual)
+        if mixture_rows is not None and perceptual:
             mixture = pd.read_csv(mixture_rows).set_index("mixture_id")[["pesq", "stoi"]]
             rows = rows.join(mixture.add_suffix("_mixture"), on="mixture_id")
-        summary.update(summarise(rows, SUMMARY_METRICS))
+        summary.update(summarise(rows, SUMMARY_METRICS if perceptual else SI_SDR_METRICS))
         if paired_rows is not None:
             reference = pd.read_csv(paired_rows)
             summary["paired"] = paired_difference(rows, reference, Path(paired_rows).stem)

@@ -18,15 +18,11 @@ import torch
 from tqdm import tqdm
 
 from .dataset import MixtureDataset, collate
-from .evaluation import EvaluationError, confidence_interval, write_rows, _finite
-from .fsutil import remove_stale_temporaries, write_json
+from .evaluation import EvaluationError, confidence_interval, pad_to_chunks, prepare, score, write_rows, _finite
+from .fsutil import write_json
 from .link import NO_HINT, LinkModel, clip_rng, sweep
-from .metrics import score_utterance
-from .models import HOP
 from .models.checkpoint import load_checkpoint
-from .models.fast_lstm import set_enabled as use_fast_lstm
 from .models.frontend import pad_clip
-from .params import active_profile, load_params
 
 PAIRS = ("fixed", "variable")  # boosted-d<C> and boosted-var
 
@@ -44,40 +40,25 @@ class _PairRunner:
         self.pair, self.info = load_checkpoint(checkpoint)
         if self.info.kind != "boosted":
             raise EvaluationError(f"{checkpoint}: the link study needs a boosted pair, found a {self.info.kind} model")
-        self.source, self.batches = batches, []
+        self.batches = []
         with torch.inference_mode():
             for batch in batches:
-                audio = _padded(batch["mixture"])
+                audio, embedding = pad_to_chunks(batch["mixture"]), batch.get("embedding")
                 features = self.pair.small.frontend.analyse(pad_clip(audio))
-                hints = self.pair.remote_forward(features, batch.get("embedding"))
-                self.batches.append((audio, features, hints))
+                hints = self.pair.remote_forward(features, embedding)
+                self.batches.append((batch["id"], batch["mixture"].shape[-1], audio, features, hints, embedding))
 
     def frames(self, batch_index: int) -> int:
-        return self.batches[batch_index][2].shape[2]
+        return self.batches[batch_index][4].shape[2]
 
     @torch.inference_mode()
-    def outputs(self, ages_of):
-        """Estimates per batch, ``ages_of(batch_index, frames)`` giving the [B, frames] ages."""
-        out = []
-        for index, ((audio, features, hints), batch) in enumerate(zip(self.batches, self.source)):
-            ages = ages_of(index, hints.shape[2])
-            estimate = self.pair.device_forward(audio, features, hints, batch.get("embedding"), ages)
-            out.append(estimate[..., : batch["mixture"].shape[-1]].numpy())
+    def outputs(self, ages: list[torch.Tensor]) -> dict:
+        """``{mixture_id: estimate}`` with the hint ages ``ages[batch_index]`` [B, frames]."""
+        out = {}
+        for (ids, length, audio, features, hints, embedding), batch_ages in zip(self.batches, ages):
+            estimate = self.pair.device_forward(audio, features, hints, embedding, batch_ages)[..., :length].numpy()
+            out.update(zip(ids, estimate))
         return out
-
-
-def _padded(mixture: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.pad(mixture, (0, -mixture.shape[-1] % HOP))
-
-
-def _si_sdri_rows(batches: list[dict], estimates: list[np.ndarray], rate: int) -> list[dict]:
-    rows = []
-    for batch, estimate in zip(batches, estimates):
-        for k, mixture_id in enumerate(batch["id"]):
-            row = score_utterance((mixture_id, estimate[k], batch["targets"][k].numpy(), batch["mixture"][k].numpy(),
-                                   rate), perceptual=False)
-            rows.append({"mixture_id": mixture_id, "si_sdr": row["si_sdr"], "si_sdri": row["si_sdri"]})
-    return rows
 
 
 def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path, fixed_checkpoint: str,
@@ -85,13 +66,8 @@ def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path,
                               rows_path: str | Path, summary_path: str | Path, progress: bool = True) -> dict:
     """Evaluate both pairs through every condition of params ``link`` on the first
     ``link.test_mixtures`` test clips; write the per-utterance rows and the summary."""
-    params = load_params(params_path)
-    use_fast_lstm(params["train"]["cpu_lstm"] == "fast")
-    prof = active_profile(params)["eval"]
-    torch.set_num_threads(int(prof["threads"]) or torch.get_num_threads())
+    params, prof = prepare(params_path, rows_path, summary_path)
     rows_path, summary_path = Path(rows_path), Path(summary_path)
-    for path in (rows_path, summary_path):
-        remove_stale_temporaries(path)
     test_set = MixtureDataset(Path(data_dir), "test", limit=params["link"]["test_mixtures"])
     size = int(prof["batch_size"])
     batches = [collate([test_set[i] for i in range(start, min(start + size, len(test_set)))])
@@ -122,8 +98,8 @@ def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path,
         hinted = float(np.mean([(a >= 0).float().mean().item() for a in ages]))
         loss, jitter = (None, None) if link is None else (link.loss, link.jitter)
         for name in PAIRS:
-            rows = _si_sdri_rows(batches, runners[name].outputs(lambda k, frames: ages[k]), test_set.sample_rate)
-            frame = pd.DataFrame(rows)
+            frame = score(test_set, runners[name].outputs(ages), workers=1, progress=False,
+                          perceptual=False)[["mixture_id", "si_sdr", "si_sdri"]]
             all_rows.append(frame.assign(pair=name, sweep=kind, loss_rate=loss, jitter=jitter))
             results.append({"pair": name, "sweep": kind, "loss_rate": loss, "jitter": jitter,
                             "si_sdri": {"mean": _finite(frame["si_sdri"].mean()),

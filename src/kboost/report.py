@@ -367,7 +367,7 @@ def all_tables(study: Study, reported: dict) -> list[Table]:
 # -------------------------------------------------------------------------- metrics view
 def results_view(study: Study, reported: dict) -> dict[Run, dict]:
     """The few numbers per trained run that `dvc metrics show` lists (one file per run, so the
-    path says which model and delay): test SI-SDRi, PESQ, STOI; for a boosted pair its paired gain
+    path says which model and delay): test SI-SDRi, PESQ, STOI (where the run scored them); for a boosted pair its paired gain
     over medium (gain), and where the paper reports that gain (its delay, the main P) the paper's (paper_gain);
     for a hint-cost run the hint stream's kbit_s and its paired change vs its float32 pair (change);
     for the variable-delay pair at a delay its paired change vs that delay's own pair (change)."""
@@ -378,8 +378,8 @@ def results_view(study: Study, reported: dict) -> dict[Run, dict]:
             continue
         summary = study.summary(run.task, run.name)
         mean = summary["mean"]
-        row = {"si_sdri": _rounded(mean.get("si_sdri"), 2), "pesq": _rounded(mean.get("pesq"), 2),
-               "stoi": _rounded(mean.get("stoi"), 3)}
+        row = {"si_sdri": _rounded(mean.get("si_sdri"), 2)}
+        row.update({m: _rounded(mean[m], digits) for m, digits in (("pesq", 2), ("stoi", 3)) if m in mean})
         paired = _rounded(summary.get("paired", {}).get("si_sdri", {}).get("mean"), 2)
         if run.kind == "hint_cost":
             row.update(kbit_s=_rounded(summary.get("hint", {}).get("kbit_per_second"), 1), change=paired)
