@@ -7,7 +7,7 @@ Boosted pairs run chunk by chunk with their delay; vanilla models run whole clip
 --hint-codec quantises a boosted pair's hints before sending (evaluation only: what a cheaper
 link costs); the summary records the codec and the hint stream's bit rate. --delay runs a
 variable-delay pair (trained with the delay drawn per clip) at one delay. --si-sdr-only skips
-PESQ and STOI (the studies beyond the paper compare SI-SDRi alone; it halves their cost).
+PESQ and STOI (the studies beyond the paper compare SI-SDRi alone; a third of their cost).
 """
 import argparse
 

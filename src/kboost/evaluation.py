@@ -106,15 +106,17 @@ def estimate(model: torch.nn.Module, dataset, batch_size: int, progress: bool = 
 
 
 def score(dataset, estimates: dict | None, workers: int, progress: bool = True,
-          perceptual: bool = True) -> pd.DataFrame:
+          perceptual: bool = True, rate: int | None = None) -> pd.DataFrame:
     """Per-utterance metrics for ``estimates`` (None: the mixtures' own scores); ``perceptual``
-    False: SI-SDR(i) only, no PESQ / STOI."""
+    False: SI-SDR(i) only, no PESQ / STOI. ``dataset``: a MixtureDataset, or its items already
+    loaded (a list, with their ``rate``)."""
+    rate = dataset.sample_rate if rate is None else rate
     items = []
     for index in range(len(dataset)):
         item = dataset[index]
         mixture_id = item["id"]
         items.append((mixture_id, None if estimates is None else estimates[mixture_id],
-                      item["targets"].numpy(), item["mixture"].numpy(), dataset.sample_rate))
+                      item["targets"].numpy(), item["mixture"].numpy(), rate))
     rows = map_ordered(functools.partial(score_utterance, perceptual=perceptual), items, workers=workers,
                        desc="scoring", unit="utt", progress=progress)
     return pd.DataFrame(rows)

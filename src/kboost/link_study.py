@@ -70,8 +70,8 @@ def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path,
     rows_path, summary_path = Path(rows_path), Path(summary_path)
     test_set = MixtureDataset(Path(data_dir), "test", limit=params["link"]["test_mixtures"])
     size = int(prof["batch_size"])
-    batches = [collate([test_set[i] for i in range(start, min(start + size, len(test_set)))])
-               for start in range(0, len(test_set), size)]
+    clips = [test_set[i] for i in range(len(test_set))]  # read once: every condition scores the same clips
+    batches = [collate(clips[start:start + size]) for start in range(0, len(clips), size)]
     ids = [mixture_id for batch in batches for mixture_id in batch["id"]]
     seed, delay = int(params["seed"]), int(params["delay"])
     runners = {"fixed": _PairRunner(fixed_checkpoint, batches), "variable": _PairRunner(variable_checkpoint, batches)}
@@ -98,8 +98,8 @@ def evaluate_link_from_params(params_path: str, task: str, data_dir: str | Path,
         hinted = float(np.mean([(a >= 0).float().mean().item() for a in ages]))
         loss, jitter = (None, None) if link is None else (link.loss, link.jitter)
         for name in PAIRS:
-            frame = score(test_set, runners[name].outputs(ages), workers=1, progress=False,
-                          perceptual=False)[["mixture_id", "si_sdr", "si_sdri"]]
+            frame = score(clips, runners[name].outputs(ages), workers=1, progress=False, perceptual=False,
+                          rate=test_set.sample_rate)[["mixture_id", "si_sdr", "si_sdri"]]
             all_rows.append(frame.assign(pair=name, sweep=kind, loss_rate=loss, jitter=jitter))
             results.append({"pair": name, "sweep": kind, "loss_rate": loss, "jitter": jitter,
                             "si_sdri": {"mean": _finite(frame["si_sdri"].mean()),
